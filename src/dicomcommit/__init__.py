@@ -1,0 +1,52 @@
+"""dicomcommit: many processes write DICOM files into one archive, and none is ever lost.
+
+Stage datasets from any number of processes with :class:`Stager`, then :func:`commit`
+them: each gets its header-derived name with a no-clobber hard link, identical duplicates
+are dropped, and different files wanting the same name are kept as conflicts in the
+:class:`Manifest`.
+"""
+
+from __future__ import annotations
+
+from dicomcommit.committing import CommitReport, commit
+from dicomcommit.errors import (
+    CommitError,
+    ConflictError,
+    DicomCommitError,
+    EncodeError,
+    FileOpError,
+    LockTimeout,
+    ManifestError,
+    NoClobberUnsupported,
+    StageError,
+    TargetExistsError,
+    TemplateError,
+    UsageError,
+)
+from dicomcommit.manifest import Manifest, Record
+from dicomcommit.naming import DEFAULT_TEMPLATE, MISSING
+from dicomcommit.staging import Stager
+from dicomcommit.writing import dcmwrite
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "MISSING",
+    "CommitError",
+    "CommitReport",
+    "ConflictError",
+    "DicomCommitError",
+    "EncodeError",
+    "FileOpError",
+    "LockTimeout",
+    "Manifest",
+    "ManifestError",
+    "NoClobberUnsupported",
+    "Record",
+    "StageError",
+    "Stager",
+    "TargetExistsError",
+    "TemplateError",
+    "UsageError",
+    "commit",
+    "dcmwrite",
+]

@@ -1,0 +1,219 @@
+"""Filesystem primitives: exclusive creation, no-clobber links, symlink-proof directory walks.
+
+Everything below an archive root is reached through directory file descriptors opened
+with ``O_NOFOLLOW``, so a directory swapped for a symlink is refused rather than followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid
+from enum import Enum
+from pathlib import Path
+
+from dicomcommit.errors import CommitError, NoClobberUnsupported
+
+FILE_MODE = 0o644  # the kernel applies the umask, as for any file a program creates
+DIR_MODE = 0o755
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO planted where a file should be must not hang.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# errno values by which link(2) says "this filesystem has no hard links".
+_NO_LINK_ERRNOS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
+
+
+class Placed(Enum):
+    """What a no-clobber link found at its destination."""
+
+    CREATED = "created"  # the destination is now our file
+    SAME_INODE = "same-inode"  # the destination already was our file (an earlier, interrupted run)
+    EXISTS = "exists"  # another file holds the destination; nothing was changed
+
+
+def write_exclusive(dir_fd: int, name: str, data: bytes, *, durable: bool, mode: int = FILE_MODE) -> None:
+    """Create *name* in *dir_fd* with *data*; it must not exist. Removes it again on failure.
+
+    ``O_EXCL|O_NOFOLLOW``: a planted file or symlink at the name makes this fail instead of
+    writing through it.
+    """
+    fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink_quietly(dir_fd, name)
+        raise
+
+
+def fsync_dir(dir_fd: int) -> None:
+    """Make the directory entries created or removed in *dir_fd* durable."""
+    os.fsync(dir_fd)
+
+
+def open_dir(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """Open a directory for ``*at`` calls without following a symlink at its last component."""
+    return os.open(path, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def open_root(path: str | os.PathLike[str]) -> int:
+    """Open a directory the user named; a symlink there is the user's choice and is followed."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def open_read(name: str, dir_fd: int) -> int:
+    """Open a file for reading without following a symlink."""
+    return os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+
+
+def link_noclobber(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, *, where: str) -> Placed:
+    """Give the file *src* the extra name *dst*; never replaces what is at *dst*.
+
+    ``link(2)`` fails with ``EEXIST`` atomically, unlike ``rename(2)``, which replaces its
+    target silently. On ``EEXIST`` we compare inodes: NFS can report a failure for a link
+    that did happen, and a rerun after a crash finds its own earlier link.
+
+    Raises:
+        NoClobberUnsupported: the filesystem has no hard links (we never fall back to rename).
+        OSError: any other failure, ``EXDEV`` included (the caller copies across filesystems).
+    """
+    try:
+        os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        return Placed.SAME_INODE if _same_inode(src_dir_fd, src, dst_dir_fd, dst) else Placed.EXISTS
+    except OSError as exc:
+        if exc.errno in _NO_LINK_ERRNOS:
+            raise NoClobberUnsupported(
+                "this filesystem refuses hard links, the only no-clobber primitive we use; "
+                "refusing to fall back to a clobbering rename",
+                where,
+                exc,
+            ) from exc
+        raise
+    return Placed.CREATED
+
+
+def _same_inode(a_dir_fd: int, a: str, b_dir_fd: int, b: str) -> bool:
+    try:
+        sa = os.stat(a, dir_fd=a_dir_fd, follow_symlinks=False)
+        sb = os.stat(b, dir_fd=b_dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return os.path.samestat(sa, sb)
+
+
+def unlink_quietly(dir_fd: int, name: str) -> None:
+    """Remove *name* from *dir_fd*; already gone is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def copy_exclusive(src_fd: int, dst_dir_fd: int, *, durable: bool) -> str:
+    """Copy the open file *src_fd* to a new uniquely named ``.part`` file in *dst_dir_fd*.
+
+    Used when staging and archive are on different filesystems (``EXDEV``): the copy lives
+    on the archive's filesystem, so it can then be linked without clobbering.
+    Returns the name of the copy; the caller unlinks it after linking.
+    """
+    name = f"{uuid.uuid4().hex}.part"
+    mode = os.fstat(src_fd).st_mode & 0o777
+    fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dst_dir_fd)
+    try:
+        try:
+            os.lseek(src_fd, 0, os.SEEK_SET)
+            while chunk := os.read(src_fd, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            # the umask applied at open(); the copy keeps the source's mode, as a link would
+            os.fchmod(fd, mode)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink_quietly(dst_dir_fd, name)
+        raise
+    return name
+
+
+class DirTree:
+    """Directories below *root*, opened without following symlinks and cached by path.
+
+    Remembers which directories received or lost entries, so durable mode can fsync each
+    of them once per batch instead of once per file.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fds: dict[tuple[str, ...], int] = {(): open_root(root)}
+        self._touched: set[tuple[str, ...]] = set()
+
+    def dir_fd(self, parts: tuple[str, ...], *, create: bool = True) -> int:
+        """Return an fd for the directory *parts* below the root, creating it when asked.
+
+        Raises:
+            CommitError: a component exists but is a symlink or not a directory.
+        """
+        fd = self._fds.get(parts)
+        if fd is not None:
+            return fd
+        parent = self.dir_fd(parts[:-1], create=create)
+        name = parts[-1]
+        try:
+            fd = open_dir(name, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.mkdir(name, DIR_MODE, dir_fd=parent)
+                self._touched.add(parts[:-1])
+            except FileExistsError:
+                pass  # another committer made it between our open and our mkdir
+            fd = self._open_checked(name, parent, parts)
+        except OSError as exc:
+            raise self._not_a_dir(parts, exc) from exc
+        self._fds[parts] = fd
+        return fd
+
+    def _open_checked(self, name: str, parent: int, parts: tuple[str, ...]) -> int:
+        try:
+            return open_dir(name, dir_fd=parent)
+        except OSError as exc:
+            raise self._not_a_dir(parts, exc) from exc
+
+    def _not_a_dir(self, parts: tuple[str, ...], exc: OSError) -> CommitError:
+        path = self.root.joinpath(*parts)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return CommitError("not a real directory (a symlink or a file); refusing to follow it", path, exc)
+        return CommitError(f"cannot open directory ({exc.strerror})", path, exc)
+
+    def touch(self, parts: tuple[str, ...]) -> None:
+        """Note that the directory *parts* gained or lost an entry."""
+        self._touched.add(parts)
+
+    def fsync_touched(self) -> None:
+        """fsync every touched directory once, deepest first, and forget them."""
+        for parts in sorted(self._touched, key=len, reverse=True):
+            fsync_dir(self.dir_fd(parts, create=False))
+        self._touched.clear()
+
+    def close(self) -> None:
+        """Close every cached directory fd."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def split_rel(rel: str) -> tuple[tuple[str, ...], str]:
+    """Split an archive-relative ``a/b/c.dcm`` into (``("a", "b")``, ``"c.dcm"``)."""
+    *dirs, name = rel.split("/")
+    return tuple(dirs), name

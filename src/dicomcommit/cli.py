@@ -1,0 +1,126 @@
+"""The ``dicomcommit`` command line.
+
+Exit codes: 0 done and nothing needs review; 1 a failure (nothing lost, the message says
+what and where); 2 a usage error; 3 done, but conflicts or invalid files were recorded
+(or, with ``--on-conflict error``, a conflict stopped the commit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+from dicomcommit.committing import ON_CONFLICT_CHOICES, commit
+from dicomcommit.demo import run_demo
+from dicomcommit.display import print_summary, print_table
+from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
+from dicomcommit.manifest import STATUSES, Manifest
+from dicomcommit.naming import DEFAULT_TEMPLATE
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``dicomcommit`` command."""
+    parser = _Parser(prog="dicomcommit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("commit", help="commit staged files into the archive")
+    c.add_argument("staging", type=Path, help="the staging directory")
+    c.add_argument("archive", type=Path, help="the archive root (created if missing)")
+    c.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"final name over DICOM keywords [{DEFAULT_TEMPLATE}]")
+    c.add_argument("--on-conflict", choices=ON_CONFLICT_CHOICES, default="record", help="what to do with a conflict")
+    c.add_argument("--allow-collisions", action="store_true", help="accept a template without {SOPInstanceUID}")
+    c.add_argument("--dry-run", action="store_true", help="report what would happen; change nothing")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--no-fsync", action="store_true", help="skip fsync (only for data you can regenerate)")
+    c.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help="give up waiting for the lock")
+    c.add_argument("--batch-size", type=int, default=500, metavar="N", help="files per lock hold [500]")
+
+    r = sub.add_parser("review", help="list manifest rows (conflicts by default)")
+    r.add_argument("archive", type=Path)
+    r.add_argument("--status", choices=(*STATUSES, "all"), default="conflict", help="which rows [conflict]")
+    r.add_argument("--json", action="store_true", help="print a JSON list of rows")
+
+    d = sub.add_parser("demo", help="stage synthetic datasets from several processes, then commit them")
+    d.add_argument("--workers", type=int, default=4, help="stager processes [4]")
+    d.add_argument("--files", type=int, default=250, help="datasets each worker stages [250]")
+    d.add_argument("--staging", type=Path, default=Path("staging"), help="staging directory [staging]")
+    d.add_argument("--archive", type=Path, default=Path("archive"), help="archive directory [archive]")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with *argv* (default ``sys.argv[1:]``) and return the exit code."""
+    logging.basicConfig(format="dicomcommit: %(message)s", level=logging.WARNING)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "commit":
+            return _commit(args)
+        if args.command == "review":
+            return _review(args)
+        return run_demo(args.staging, args.archive, workers=args.workers, files=args.files, out=sys.stdout)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except DicomCommitError as exc:
+        print(f"dicomcommit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dicomcommit: interrupted; rerun the same command to finish (nothing was lost)", file=sys.stderr)
+        return 130
+
+
+def _commit(args: argparse.Namespace) -> int:
+    progress = _ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    report = commit(
+        args.staging,
+        args.archive,
+        template=args.template,
+        on_conflict=args.on_conflict,
+        durable=not args.no_fsync,
+        dry_run=args.dry_run,
+        allow_collisions=args.allow_collisions,
+        batch_size=args.batch_size,
+        lock_timeout=args.lock_timeout,
+        progress=progress,
+    )
+    if progress is not None:
+        progress.done()
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print_summary(report, args.archive, sys.stdout)
+    return EXIT_ATTENTION if report.needs_review else EXIT_OK
+
+
+def _review(args: argparse.Namespace) -> int:
+    with Manifest(args.archive) as manifest:
+        records = manifest.records(None if args.status == "all" else args.status)
+    if args.json:
+        json.dump([r.to_dict() for r in records], sys.stdout, indent=2)
+        print()
+    else:
+        print_table(records, sys.stdout)
+    return EXIT_OK
+
+
+class _ProgressBar:
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+
+    def __call__(self, done: int, total: int, *_: Any) -> None:
+        filled = 30 * done // max(total, 1)
+        self._out.write(f"\rcommitting [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        self._out.flush()
+
+    def done(self) -> None:
+        self._out.write("\n")

@@ -1,0 +1,380 @@
+"""Commit: give each staged file its final name, never replacing a file, losing none.
+
+Per batch, under the archive lock:
+
+1. find the file's naming attributes and hash (from the stager's journal, else its header);
+2. render its target and hard-link it there (``link`` fails if the name is taken);
+3. taken by our own inode: an interrupted earlier run already did it -> committed;
+   taken by identical bytes -> duplicate; by other bytes -> conflict, and the staged bytes
+   are linked into ``.dicomcommit/conflicts/`` (or, with ``on_conflict="suffix"``, under
+   a derived name);
+4. fsync every touched directory once, record the batch in the manifest in one
+   transaction, and only then unlink the staged files.
+
+A crash anywhere leaves each staged file in place until its outcome is recorded; a rerun
+finds its earlier links (same inode) and records them, so commit converges.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
+
+from dicomcommit import _fs
+from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, LockTimeout, UsageError
+from dicomcommit.headers import NotDicom, hash_file, read_attrs
+from dicomcommit.journal import JournalIndex
+from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, LOCK_NAME, STATE_DIR, TMP_DIR
+from dicomcommit.manifest import Manifest, Record, now
+from dicomcommit.naming import DEFAULT_TEMPLATE, Attrs, Template, parse_template
+from dicomcommit.planning import plan
+from dicomcommit.scanning import scan_staging
+
+log = logging.getLogger("dicomcommit")
+
+OnConflict = Literal["record", "suffix", "error"]
+ON_CONFLICT_CHOICES: tuple[OnConflict, ...] = ("record", "suffix", "error")
+DEFAULT_BATCH = 500
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class CommitReport:
+    """What one commit run did (or, with ``dry_run``, would do)."""
+
+    committed: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    invalid: int = 0
+    skipped: int = 0  # unfinished .part files, symlinks and special files, left in staging
+    run: str = ""
+    dry_run: bool = False
+    records: list[Record] = field(default_factory=list)
+
+    @property
+    def needs_review(self) -> bool:
+        """True when conflicts or invalid files were recorded."""
+        return bool(self.conflicts or self.invalid)
+
+    def count(self, record: Record) -> None:
+        """Add *record* to the counts and the list."""
+        attr = {"committed": "committed", "duplicate": "duplicates", "conflict": "conflicts", "invalid": "invalid"}
+        setattr(self, attr[record.status], getattr(self, attr[record.status]) + 1)
+        self.records.append(record)
+
+    def counts(self) -> dict[str, int]:
+        """The counts as a dict."""
+        return {k: getattr(self, k) for k in ("committed", "duplicates", "conflicts", "invalid", "skipped")}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary, with one entry per recorded file."""
+        return {"run": self.run, "dry_run": self.dry_run, **self.counts(), "files": [r.to_dict() for r in self.records]}
+
+
+def commit(
+    staging_dir: str | os.PathLike[str],
+    archive_dir: str | os.PathLike[str],
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    on_conflict: OnConflict = "record",
+    durable: bool = True,
+    dry_run: bool = False,
+    allow_collisions: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    lock_timeout: float | None = None,
+    progress: Progress | None = None,
+) -> CommitReport:
+    """Commit every staged file in *staging_dir* into *archive_dir*.
+
+    Args:
+        template: the final name, relative to the archive, over DICOM keywords.
+        on_conflict: a different file already holds the name: ``record`` keeps the staged
+            file in ``.dicomcommit/conflicts/`` and records it; ``suffix`` commits it under
+            ``<name>~<sha256 prefix>.<ext>``; ``error`` stops, leaving it staged.
+        durable: fsync files and touched directories (once per batch) before recording.
+        dry_run: report what would happen; change nothing, take no lock.
+        allow_collisions: accept a template without ``SOPInstanceUID``.
+        batch_size: files per lock hold and manifest transaction.
+        lock_timeout: seconds to wait for the archive lock (None: wait as long as it takes).
+        progress: called as ``progress(done, total)`` after each batch.
+
+    Raises:
+        UsageError: bad arguments (TemplateError for the template).
+        ConflictError: with ``on_conflict="error"``, at the first conflict; what came
+            before it is committed and recorded, the conflicting file stays staged.
+        LockTimeout: the archive lock was not acquired in *lock_timeout* seconds.
+        CommitError: an OS error on a named file; that file is still staged.
+    """
+    if on_conflict not in ON_CONFLICT_CHOICES:
+        raise UsageError(f"on_conflict must be one of {', '.join(ON_CONFLICT_CHOICES)}, not {on_conflict!r}")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+    parsed = parse_template(template, allow_collisions=allow_collisions)
+    staging, archive = _check_dirs(Path(staging_dir), Path(archive_dir))
+    scan = scan_staging(staging)
+    report = CommitReport(run=_new_run_id(), dry_run=dry_run, skipped=len(scan.skipped))
+    for name, reason in scan.skipped:
+        log.warning("left in staging: %s (%s)", staging / name, reason)
+    if dry_run:
+        plan(staging, archive, scan.files, parsed, report)
+        return report
+    _Committer(staging, archive, parsed, on_conflict=on_conflict, durable=durable, report=report).run(
+        scan.files, batch_size, lock_timeout, progress
+    )
+    return report
+
+
+def _check_dirs(staging: Path, archive: Path) -> tuple[Path, Path]:
+    if not staging.is_dir():
+        raise UsageError(f"staging directory {staging} does not exist or is not a directory")
+    if archive.exists() and not archive.is_dir():
+        raise UsageError(f"archive {archive} is not a directory")
+    s, a = staging.resolve(), archive.resolve()
+    if s == a or s in a.parents or a in s.parents:
+        raise UsageError(f"staging {staging} and archive {archive} must not contain each other")
+    return staging, archive
+
+
+def _new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + os.urandom(3).hex()
+
+
+@dataclass
+class _Staged:
+    """One staged file, open, with what naming needs."""
+
+    name: str
+    fd: int
+    sha256: str
+    size: int
+    attrs: Attrs
+
+
+class _Committer:
+    def __init__(
+        self,
+        staging: Path,
+        archive: Path,
+        template: Template,
+        *,
+        on_conflict: OnConflict,
+        durable: bool,
+        report: CommitReport,
+    ) -> None:
+        self.staging, self.archive, self.template = staging, archive, template
+        self.on_conflict, self.durable, self.report = on_conflict, durable, report
+        self.journal = JournalIndex(staging)
+
+    def run(self, names: list[str], batch_size: int, lock_timeout: float | None, progress: Progress | None) -> None:
+        state = self.archive / STATE_DIR
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CommitError(f"cannot create the archive's state directory ({exc.strerror})", state, exc) from exc
+        lock = FileLock(state / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
+        with Manifest(self.archive, create=True, durable=self.durable) as manifest:
+            manifest.start_run(self.report.run, staging=str(self.staging), template=self.template.text)
+            for start in range(0, len(names), batch_size):
+                with _Locked(lock):
+                    self._batch(names[start : start + batch_size], manifest)
+                if progress is not None:
+                    progress(min(start + batch_size, len(names)), len(names))
+            with _Locked(lock):
+                self.journal.refresh()
+                self.journal.prune()
+            manifest.finish_run(self.report.run, self.report.counts())
+
+    def _batch(self, names: list[str], manifest: Manifest) -> None:
+        self.journal.refresh()
+        self.tree = _fs.DirTree(self.archive)
+        self.staging_fd = _fs.open_root(self.staging)
+        done: list[tuple[Record, str]] = []
+        try:
+            for name in names:
+                outcome = self._one(name)
+                if outcome is not None:
+                    done.append(outcome)
+        finally:
+            # Whatever happened, what was linked gets recorded before any staged file goes.
+            try:
+                self._finish(done, manifest)
+            finally:
+                self.tree.close()
+                os.close(self.staging_fd)
+
+    def _finish(self, done: list[tuple[Record, str]], manifest: Manifest) -> None:
+        if self.durable:
+            self.tree.fsync_touched()
+        manifest.add(record for record, _ in done)
+        for record, name in done:
+            _fs.unlink_quietly(self.staging_fd, name)
+            self.report.count(record)
+
+    def _one(self, name: str) -> tuple[Record, str] | None:
+        try:
+            fd = _fs.open_read(name, self.staging_fd)
+        except FileNotFoundError:
+            return None  # another committer took it
+        except OSError as exc:
+            raise CommitError(f"cannot open staged file ({exc.strerror})", self.staging / name, exc) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None  # swapped for something else since the scan; left in place
+            staged = self._describe(name, fd)
+            if isinstance(staged, Record):
+                return staged, name
+            return self._place(staged), name
+        except DicomCommitError:
+            raise
+        except OSError as exc:
+            raise CommitError(f"cannot commit staged file ({exc.strerror})", self.staging / name, exc) from exc
+        finally:
+            os.close(fd)
+
+    def _describe(self, name: str, fd: int) -> _Staged | Record:
+        """Attributes and hash from the journal (fast path), else from the file itself."""
+        st = os.fstat(fd)
+        record = self.journal.get(name)
+        if record is not None and record.size == st.st_size and all(k in record.attrs for k in self.template.keywords):
+            if self.durable and not record.durable:
+                os.fsync(fd)
+            return _Staged(name, fd, record.sha256, record.size, record.attrs)
+        if self.durable:
+            os.fsync(fd)  # a foreign writer may not have made its bytes durable
+        sha256, size = hash_file(fd)
+        try:
+            attrs = read_attrs(fd, self.template.keywords)
+        except NotDicom as exc:
+            return self._set_aside(_Staged(name, fd, sha256, size, {}), str(exc))
+        return _Staged(name, fd, sha256, size, attrs)
+
+    def _place(self, staged: _Staged) -> Record:
+        target = self.template.render(staged.attrs)
+        dirs, fname = _fs.split_rel(target)
+        placed = self._link(staged, dirs, fname)
+        if placed is not _fs.Placed.EXISTS:
+            detail = "" if placed is _fs.Placed.CREATED else "linked by an interrupted earlier run"
+            return self._record(staged, "committed", target, target, detail=detail)
+        existing = self._existing_sha256(dirs, fname)
+        if existing == staged.sha256:
+            return self._record(staged, "duplicate", target, target, detail="identical file already committed")
+        if self.on_conflict == "error":
+            raise ConflictError(str(self.staging / staged.name), str(self.archive / target))
+        if self.on_conflict == "suffix":
+            record = self._commit_suffixed(staged, target, existing)
+            if record is not None:
+                return record
+        return self._keep_conflict(staged, target, existing)
+
+    def _commit_suffixed(self, staged: _Staged, target: str, existing: str | None) -> Record | None:
+        dirs, fname = _fs.split_rel(target)
+        stem, dot, ext = fname.rpartition(".")
+        derived = f"{stem}~{staged.sha256[:12]}.{ext}" if dot and stem else f"{fname}~{staged.sha256[:12]}"
+        placed = self._link(staged, dirs, derived)
+        derived_rel = "/".join((*dirs, derived))
+        if placed is not _fs.Placed.EXISTS:
+            detail = f"conflict with {target} (sha256 {existing}); committed under a derived name"
+            return self._record(staged, "committed", target, derived_rel, detail=detail, existing=existing)
+        if self._existing_sha256(dirs, derived) == staged.sha256:
+            return self._record(
+                staged, "duplicate", target, derived_rel, detail="identical file already at the derived name"
+            )
+        return None
+
+    def _keep_conflict(self, staged: _Staged, target: str, existing: str | None) -> Record:
+        fname = f"{staged.sha256}.dcm"
+        path = "/".join((*CONFLICTS_DIR, fname))
+        if self._link(staged, CONFLICTS_DIR, fname) is _fs.Placed.EXISTS:
+            # conflict copies are named by their hash: these bytes are already kept
+            return self._record(
+                staged, "duplicate", target, path, detail="identical to a recorded conflict", existing=existing
+            )
+        what = "a symlink or special file" if existing is None else f"a different file (sha256 {existing[:12]}…)"
+        return self._record(staged, "conflict", target, path, detail=f"the target holds {what}", existing=existing)
+
+    def _set_aside(self, staged: _Staged, reason: str) -> Record:
+        fname = staged.sha256
+        self._link(staged, INVALID_DIR, fname)  # named by hash: an identical copy is already kept
+        return self._record(staged, "invalid", None, "/".join((*INVALID_DIR, fname)), detail=reason)
+
+    def _link(self, staged: _Staged, dirs: tuple[str, ...], fname: str) -> _fs.Placed:
+        dst_fd = self.tree.dir_fd(dirs)
+        where = str(self.archive.joinpath(*dirs, fname))
+        try:
+            placed = _fs.link_noclobber(self.staging_fd, staged.name, dst_fd, fname, where=where)
+        except DicomCommitError:
+            raise
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise CommitError(f"cannot link {self.staging / staged.name} ({exc.strerror})", where, exc) from exc
+            placed = self._copy_then_link(staged, dst_fd, fname, where)
+        if placed is _fs.Placed.CREATED:
+            self.tree.touch(dirs)
+        return placed
+
+    def _copy_then_link(self, staged: _Staged, dst_fd: int, fname: str, where: str) -> _fs.Placed:
+        # Staging is on another filesystem: copy onto the archive's, then link from there.
+        tmp_fd = self.tree.dir_fd(TMP_DIR)
+        tmp = _fs.copy_exclusive(staged.fd, tmp_fd, durable=self.durable)
+        try:
+            return _fs.link_noclobber(tmp_fd, tmp, dst_fd, fname, where=where)
+        finally:
+            _fs.unlink_quietly(tmp_fd, tmp)
+
+    def _existing_sha256(self, dirs: tuple[str, ...], fname: str) -> str | None:
+        """The hash of the file at a taken name; None when it is a symlink or not a file."""
+        try:
+            fd = _fs.open_read(fname, self.tree.dir_fd(dirs))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None
+            raise
+        try:
+            return hash_file(fd)[0] if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        finally:
+            os.close(fd)
+
+    def _record(
+        self, staged: _Staged, status: str, target: str | None, path: str, *, detail: str, existing: str | None = None
+    ) -> Record:
+        attrs = {k: staged.attrs.get(k) for k in self.template.keywords}
+        return Record(
+            status=status,
+            target=target,
+            path=path,
+            source=staged.name,
+            size=staged.size,
+            sha256=staged.sha256,
+            attrs=attrs,
+            run=self.report.run,
+            time=now(),
+            detail=detail,
+            existing_sha256=existing,
+        )
+
+
+class _Locked:
+    """The archive lock as a context manager that raises our LockTimeout."""
+
+    def __init__(self, lock: FileLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        try:
+            self._lock.acquire()
+        except FileLockTimeout as exc:
+            raise LockTimeout(str(self._lock.lock_file), float(self._lock.timeout)) from exc
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

@@ -1,0 +1,130 @@
+"""The demo: several processes stage synthetic datasets, some colliding, then one commit.
+
+Every run uses fresh UIDs, so it can be repeated on the same directories. The expected
+outcome is computed from the job list, and the demo checks the archive against it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+from pathlib import Path
+from typing import TextIO
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from dicomcommit.committing import commit
+from dicomcommit.display import print_summary, print_table
+from dicomcommit.errors import EXIT_FAILURE, EXIT_OK, UsageError
+from dicomcommit.manifest import Manifest
+from dicomcommit.scanning import scan_staging
+from dicomcommit.staging import Stager
+
+ROWS = COLUMNS = 32
+_DUPLICATE_SHARE = 0.10  # staged twice, byte for byte the same
+_CONFLICT_SHARE = 0.05  # staged twice, the second time with different content
+
+
+def synthetic_dataset(root: str, index: int, variant: int = 0) -> Dataset:
+    """A small CT image; the same (root, index, variant) always gives the same bytes.
+
+    *index* picks the instance (its SOP Instance UID), *variant* changes its content but
+    not its name, as a reprocessed image would.
+    """
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = f"{root}.3.{index}"
+    ds.PatientID = f"DEMO{index // 100:04d}"
+    ds.PatientName = f"Demo^Patient{index // 100}"
+    ds.StudyInstanceUID = f"{root}.1.{index // 100}"
+    ds.SeriesInstanceUID = f"{root}.2.{index // 20}"
+    ds.Modality = "CT"
+    ds.InstanceNumber = index % 20 + 1
+    ds.SeriesDescription = "reprocessed" if variant else "original"
+    ds.Rows, ds.Columns = ROWS, COLUMNS
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = bytes((index * 7 + variant * 13 + i) % 256 for i in range(ROWS * COLUMNS * 2))
+    return ds
+
+
+def plan_jobs(total: int, seed: int = 0) -> list[tuple[int, int]]:
+    """(index, variant) pairs: *total* stage operations, some duplicates, some conflicts."""
+    duplicates = int(total * _DUPLICATE_SHARE)
+    conflicts = int(total * _CONFLICT_SHARE)
+    unique = total - duplicates - conflicts
+    jobs = [(i, 0) for i in range(unique)]
+    jobs += [(i, 0) for i in range(duplicates)]
+    jobs += [(duplicates + i, 1) for i in range(conflicts)]  # instances not already duplicated
+    random.Random(seed).shuffle(jobs)  # noqa: S311 -- a reproducible shuffle, not a secret
+    return jobs
+
+
+def _stage_worker(staging: str, root: str, jobs: list[tuple[int, int]]) -> None:
+    with Stager(staging) as stager:
+        for index, variant in jobs:
+            stager.stage(synthetic_dataset(root, index, variant))
+
+
+def run_demo(staging: Path, archive: Path, *, workers: int, files: int, out: TextIO) -> int:
+    """Stage ``workers * files`` datasets from *workers* processes, commit, report, check.
+
+    Returns the exit code: 0 when the archive holds exactly what was expected.
+
+    Raises:
+        UsageError: *workers* or *files* below 1, or files already waiting in *staging*.
+    """
+    if workers < 1 or files < 1:
+        raise UsageError("--workers and --files must be at least 1")
+    staging.mkdir(parents=True, exist_ok=True)
+    waiting = scan_staging(staging).files
+    if waiting:
+        raise UsageError(
+            f"{staging}/ holds {len(waiting)} files from an earlier run; commit them first "
+            f"(dicomcommit commit {staging} {archive}) so the demo can check its own counts"
+        )
+    root = generate_uid(prefix=None)  # 2.25.<uuid as integer>: fresh for every run
+    jobs = plan_jobs(workers * files)
+    started = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool.starmap(_stage_worker, [(str(staging), root, jobs[w::workers]) for w in range(workers)])
+    staged_s = time.perf_counter() - started
+    print(f"{workers} processes staged {len(jobs)} datasets into {staging}/ in {staged_s:.2f} s "
+          f"({len(jobs) / staged_s:,.0f} files/s)", file=out)  # fmt: skip
+
+    started = time.perf_counter()
+    report = commit(staging, archive)
+    commit_s = time.perf_counter() - started
+    print(f"committed into {archive}/ in {commit_s:.2f} s ({len(jobs) / commit_s:,.0f} files/s)", file=out)
+    print_summary(report, archive, out)
+    with Manifest(archive) as manifest:
+        conflicts = manifest.records("conflict", run=report.run)
+    print(f"\nconflicts of this run ({len(conflicts)}; first 10):", file=out)
+    print_table(conflicts[:10], out)
+    return _check(report.counts(), jobs, out)
+
+
+def _check(counts: dict[str, int], jobs: list[tuple[int, int]], out: TextIO) -> int:
+    seen: dict[int, set[int]] = {}
+    expected = {"committed": 0, "duplicates": 0, "conflicts": 0}
+    for index, variant in jobs:
+        variants = seen.setdefault(index, set())
+        if not variants:
+            expected["committed"] += 1
+        elif variant in variants:
+            expected["duplicates"] += 1
+        else:
+            expected["conflicts"] += 1
+        variants.add(variant)
+    got = {k: counts[k] for k in expected}
+    ok = got == expected and counts["invalid"] == 0
+    verdict = "every staged dataset is accounted for" if ok else f"MISMATCH: expected {expected}, got {got}"
+    print(f"\ncheck: {verdict}", file=out)
+    return EXIT_OK if ok else EXIT_FAILURE

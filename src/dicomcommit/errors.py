@@ -1,0 +1,92 @@
+"""The exception hierarchy: one root, each class narrowing a builtin and carrying an exit code."""
+
+from __future__ import annotations
+
+import os
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_ATTENTION = 3
+
+
+class DicomCommitError(Exception):
+    """Root of every error dicomcommit raises on purpose."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(DicomCommitError, ValueError):
+    """A bad argument: a template, a directory, an option value."""
+
+    exit_code = EXIT_USAGE
+
+
+class TemplateError(UsageError):
+    """A naming template that cannot be used (unknown keyword, unsafe literal, ...)."""
+
+
+class EncodeError(DicomCommitError, ValueError):
+    """pydicom could not encode the dataset; nothing was written."""
+
+
+class FileOpError(DicomCommitError, OSError):
+    """An operating-system call failed on a named file; nothing was lost.
+
+    Carries ``errno`` and ``filename`` like the :class:`OSError` it wraps.
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike[str], cause: OSError | None = None) -> None:
+        errno = cause.errno if cause is not None else None
+        super().__init__(errno, message, os.fspath(path))
+
+    def __str__(self) -> str:
+        return f"{self.strerror}: {self.filename}"
+
+
+class StageError(FileOpError):
+    """Staging a dataset failed; no staged file (complete or partial) was left behind."""
+
+
+class CommitError(FileOpError):
+    """Committing a staged file failed; the staged file is still in the staging directory."""
+
+
+class NoClobberUnsupported(CommitError):
+    """The archive's filesystem has no no-clobber primitive (hard links): we fail closed."""
+
+
+class TargetExistsError(DicomCommitError, FileExistsError):
+    """A file already exists at the final name and overwriting was not asked for."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(17, "file exists", os.fspath(path))
+
+    def __str__(self) -> str:
+        return f"file exists: {self.filename}"
+
+
+class ConflictError(DicomCommitError, FileExistsError):
+    """A staged file differs from the committed file at its target (``on_conflict="error"``)."""
+
+    exit_code = EXIT_ATTENTION
+
+    def __init__(self, staged: str, target: str) -> None:
+        super().__init__(17, "a different file is already committed at the target", target)
+        self.staged = staged
+        self.target = target
+
+    def __str__(self) -> str:
+        return f"conflict: {self.staged} wants {self.target}, which holds a different file"
+
+
+class LockTimeout(DicomCommitError, TimeoutError):
+    """The archive lock could not be acquired in time."""
+
+    def __init__(self, lock_path: str, timeout: float) -> None:
+        super().__init__(f"archive lock {lock_path} not acquired within {timeout:g} s")
+        self.lock_path = lock_path
+
+
+class ManifestError(DicomCommitError):
+    """The manifest is missing, unreadable, or has no such row."""

@@ -1,0 +1,60 @@
+"""Reading foreign files: only as much of the header as naming needs, and a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
+
+from dicomcommit.naming import Attrs, attrs_from_dataset
+
+_CHUNK = 1 << 20
+
+
+class NotDicom(Exception):
+    """The file is not a DICOM Part 10 file we can name; ``str()`` is the reason."""
+
+
+def read_attrs(fd: int, keywords: Sequence[str]) -> Attrs:
+    """Read the values of *keywords* from the DICOM file open at *fd*.
+
+    Parsing stops at the first top-level element past the last tag needed, so the bytes
+    read do not grow with the pixel data.
+
+    Raises:
+        NotDicom: no Part 10 preamble and File Meta, an empty dataset, or a header pydicom
+            cannot parse (truncated, corrupt).
+    """
+    tags = [Tag(t) for t in (tag_for_keyword(k) for k in keywords) if t is not None]
+    last = max(tags, default=Tag(0))
+
+    def past_last(tag: BaseTag, vr: str | None, length: int) -> bool:
+        return bool(tag > last)
+
+    os.lseek(fd, 0, os.SEEK_SET)
+    with os.fdopen(os.dup(fd), "rb") as fileobj:
+        try:
+            ds = read_partial(fileobj, stop_when=past_last, specific_tags=list(tags))
+        except InvalidDicomError as exc:
+            raise NotDicom(f"not a DICOM Part 10 file: {exc}") from exc
+        except Exception as exc:  # pydicom raises many types on corrupt input
+            raise NotDicom(f"unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise NotDicom("DICOM File Meta Information has no Transfer Syntax UID")
+    return attrs_from_dataset(ds, keywords)
+
+
+def hash_file(fd: int) -> tuple[str, int]:
+    """Return (sha256 hex, size) of the whole file open at *fd*."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := os.read(fd, _CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size

@@ -1,0 +1,182 @@
+"""The staging journal: what a stager knew about each file it staged.
+
+A stager appends one JSON line per staged file (name, sha256, size, naming attributes) to
+a journal of its own, ``STAGING/.dicomcommit/journal/<uuid>.jsonl``, before the file's final
+rename. Commit reads these lines instead of re-parsing headers. One journal per process
+rather than one sidecar per file: creating and deleting thousands of small files is what
+slows a filesystem down.
+
+The journal is a cache, not a source of truth: a lost or torn line only sends that file
+down the slow path (read its header), and commit checks each record's size against the
+file. A stager holds an ``flock`` on its journal for as long as it lives, so commit only
+removes a journal whose writer is gone and whose files have all been committed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dicomcommit.naming import Attrs
+
+JOURNAL_DIR = (".dicomcommit", "journal")
+_SUFFIX = ".jsonl"
+
+
+@dataclass(frozen=True)
+class StagedRecord:
+    """What the stager recorded about one staged file."""
+
+    name: str
+    sha256: str
+    size: int
+    durable: bool
+    attrs: Attrs
+
+    def to_line(self) -> bytes:
+        """Encode as one journal line."""
+        # Absent attributes stay as null: commit must tell "recorded as absent" from "not recorded".
+        fields = {"name": self.name, "sha256": self.sha256, "size": self.size, "durable": self.durable}
+        fields["attrs"] = self.attrs
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+    @classmethod
+    def from_line(cls, line: bytes) -> StagedRecord | None:
+        """Decode a journal line; ``None`` for a torn or foreign line."""
+        try:
+            raw: Any = json.loads(line)
+            record = cls(raw["name"], raw["sha256"], raw["size"], raw["durable"], raw["attrs"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        valid = (
+            isinstance(record.name, str)
+            and isinstance(record.sha256, str)
+            and isinstance(record.size, int)
+            and isinstance(record.attrs, dict)
+        )
+        return record if valid else None
+
+
+def journal_dir(staging: Path) -> Path:
+    """The journal directory of a staging directory."""
+    return staging.joinpath(*JOURNAL_DIR)
+
+
+class JournalWriter:
+    """Appends records to this process's journal; thread-safe, and fork-aware."""
+
+    def __init__(self, staging: Path) -> None:
+        self._dir = journal_dir(staging)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def append(self, record: StagedRecord) -> None:
+        """Append *record* in one ``write`` (``O_APPEND``: lines never interleave)."""
+        line = record.to_line()
+        with self._lock:
+            fd = self._open()
+            os.write(fd, line)
+
+    def _open(self) -> int:
+        if self._fd is not None and self._pid == os.getpid():
+            return self._fd
+        # A forked child writes its own journal; the parent's fd (and its flock) stays with the parent.
+        self._dir.mkdir(parents=True, exist_ok=True)
+        base = uuid.uuid4().hex
+        temp = self._dir / f"{base}.new"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        # Lock before the name becomes visible to commit, so it never sees an unlocked live journal.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(temp, self._dir / f"{base}{_SUFFIX}")
+        self._fd, self._pid = fd, os.getpid()
+        return fd
+
+    def close(self) -> None:
+        """Close the journal (releasing its lock)."""
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = None
+
+
+class JournalIndex:
+    """Reads every journal of a staging directory, incrementally."""
+
+    def __init__(self, staging: Path) -> None:
+        self._dir = journal_dir(staging)
+        self._staging = staging
+        self._records: dict[str, bytes] = {}
+        self._offsets: dict[str, int] = {}
+        self._names: dict[str, list[str]] = {}
+
+    def refresh(self) -> None:
+        """Read the complete lines appended to any journal since the last refresh."""
+        try:
+            entries = [e.name for e in os.scandir(self._dir) if e.name.endswith(_SUFFIX)]
+        except FileNotFoundError:
+            return
+        for journal in entries:
+            self._read_new(journal)
+
+    def _read_new(self, journal: str) -> None:
+        offset = self._offsets.get(journal, 0)
+        try:
+            with open(self._dir / journal, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        names = self._names.setdefault(journal, [])
+        for line in data[:end].splitlines():
+            name = _peek_name(line)
+            if name is not None:
+                self._records[name] = line
+                names.append(name)
+        self._offsets[journal] = offset + end
+
+    def get(self, name: str) -> StagedRecord | None:
+        """The record for the staged file *name*, if a journal has one."""
+        line = self._records.get(name)
+        if line is None:
+            return None
+        record = StagedRecord.from_line(line)
+        return record if record is not None and record.name == name else None
+
+    def prune(self) -> None:
+        """Remove journals whose writer has exited and whose staged files are all gone.
+
+        Call under the archive lock. A journal still locked by a live stager is kept.
+        """
+        for journal, names in list(self._names.items()):
+            if any(os.path.lexists(self._staging / name) for name in names):
+                continue
+            path = self._dir / journal
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # its stager is alive and may append more
+            try:
+                path.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+            for name in names:
+                self._records.pop(name, None)
+            del self._names[journal], self._offsets[journal]
+
+
+def _peek_name(line: bytes) -> str | None:
+    record = StagedRecord.from_line(line)
+    return None if record is None else record.name

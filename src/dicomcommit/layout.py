@@ -1,0 +1,10 @@
+"""Where dicomcommit keeps its own files inside an archive (all below ``.dicomcommit/``)."""
+
+from __future__ import annotations
+
+STATE_DIR = ".dicomcommit"
+CONFLICTS_DIR = (STATE_DIR, "conflicts")  # staged files that lost their name: <sha256>.dcm
+INVALID_DIR = (STATE_DIR, "invalid")  # staged files that are not DICOM Part 10: <sha256>
+TMP_DIR = (STATE_DIR, "tmp")  # copies across filesystems, between copy and link
+LOCK_NAME = "lock"  # the archive lock; never deleted
+MANIFEST_NAME = "manifest.sqlite"

@@ -1,0 +1,204 @@
+"""The manifest: an SQLite record of what happened to every staged file.
+
+``ARCHIVE/.dicomcommit/manifest.sqlite``; any SQLite tool can read it. Paths in it are
+relative to the archive root. A row is keyed by (source, sha256), so a commit rerun after a
+crash never records the same staged file twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dicomcommit.errors import ManifestError
+from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
+from dicomcommit.naming import Attrs
+
+STATUSES = ("committed", "duplicate", "conflict", "invalid")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    target TEXT,              -- the final name the file wanted (NULL for invalid files)
+    path TEXT NOT NULL,       -- where its bytes are now
+    source TEXT NOT NULL,     -- its name in the staging directory
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    existing_sha256 TEXT,     -- for a conflict: the hash of the file already at target
+    attrs TEXT NOT NULL,      -- the naming attributes, JSON
+    run TEXT NOT NULL,
+    time TEXT NOT NULL,       -- ISO 8601, UTC
+    detail TEXT NOT NULL DEFAULT '',
+    UNIQUE (source, sha256)
+);
+CREATE INDEX IF NOT EXISTS files_status ON files (status);
+CREATE INDEX IF NOT EXISTS files_target ON files (target);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    started TEXT NOT NULL,
+    finished TEXT,
+    staging TEXT NOT NULL,
+    template TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    counts TEXT
+);
+"""
+_COLUMNS = "status, target, path, source, size, sha256, existing_sha256, attrs, run, time, detail"
+
+
+def now() -> str:
+    """The current time as the manifest stores it."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row of the manifest."""
+
+    status: str
+    target: str | None
+    path: str
+    source: str
+    size: int
+    sha256: str
+    attrs: Attrs = field(default_factory=dict)
+    run: str = ""
+    time: str = ""
+    detail: str = ""
+    existing_sha256: str | None = None
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict, ``id`` first."""
+        data = asdict(self)
+        return {"id": data.pop("id"), **data}
+
+
+class Manifest:
+    """The manifest of the archive *archive_dir*.
+
+    Args:
+        archive_dir: the archive root.
+        create: create the manifest (and ``.dicomcommit/``) if missing.
+        durable: ``synchronous=FULL``: a committed transaction survives a power loss.
+
+    Raises:
+        ManifestError: there is no manifest and *create* is False, or it cannot be opened.
+    """
+
+    def __init__(self, archive_dir: str | os.PathLike[str], *, create: bool = False, durable: bool = True) -> None:
+        self.path = Path(archive_dir) / STATE_DIR / MANIFEST_NAME
+        if not create and not self.path.is_file():
+            raise ManifestError(f"no manifest at {self.path}: nothing has been committed to this archive")
+        try:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            if create:
+                self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ManifestError(f"cannot open the manifest {self.path}: {exc}") from exc
+
+    def add(self, records: Iterable[Record]) -> None:
+        """Insert *records* in one transaction; a (source, sha256) already present is kept as is."""
+        rows = [
+            (r.status, r.target, r.path, r.source, r.size, r.sha256, r.existing_sha256,
+             json.dumps(r.attrs, ensure_ascii=False), r.run, r.time or now(), r.detail)
+            for r in records
+        ]  # fmt: skip
+        with self.transaction():
+            self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+    def start_run(self, run: str, *, staging: str, template: str) -> None:
+        """Record the start of a commit run."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO runs (id, started, staging, template, host, pid) VALUES (?,?,?,?,?,?)",
+                (run, now(), staging, template, os.uname().nodename, os.getpid()),
+            )
+
+    def finish_run(self, run: str, counts: dict[str, int]) -> None:
+        """Record the end of a commit run and its counts."""
+        with self.transaction():
+            self._db.execute("UPDATE runs SET finished=?, counts=? WHERE id=?", (now(), json.dumps(counts), run))
+
+    def records(self, status: str | Sequence[str] | None = None, *, run: str | None = None) -> list[Record]:
+        """Rows in id order, filtered by status (one or several) and run."""
+        where, args = [], []
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += statuses
+        if run is not None:
+            where.append("run = ?")
+            args.append(run)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        cursor = self._db.execute(f"SELECT id, {_COLUMNS} FROM files{clause} ORDER BY id", args)
+        return [_record(row) for row in cursor]
+
+    def get(self, record_id: int) -> Record:
+        """The row *record_id*.
+
+        Raises:
+            ManifestError: no such row.
+        """
+        row = self._db.execute(f"SELECT id, {_COLUMNS} FROM files WHERE id=?", (record_id,)).fetchone()
+        if row is None:
+            raise ManifestError(f"no manifest row {record_id} in {self.path}")
+        return _record(row)
+
+    def transaction(self) -> _Transaction:
+        """A write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error)."""
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records())
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _record(row: tuple[Any, ...]) -> Record:
+    (record_id, status, target, path, source, size, sha256, existing, attrs, run, time, detail) = row
+    return Record(
+        status=status,
+        target=target,
+        path=path,
+        source=source,
+        size=size,
+        sha256=sha256,
+        attrs=json.loads(attrs),
+        run=run,
+        time=time,
+        detail=detail,
+        existing_sha256=existing,
+        id=record_id,
+    )

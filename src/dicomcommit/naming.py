@@ -1,0 +1,225 @@
+"""Final names: templates over DICOM keywords, rendered into safe archive-relative paths.
+
+Every path component is sanitized *after* substitution, so no header value, however
+hostile, can add a path separator, climb out with ``..``, or be expanded a second time.
+The same values always give the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import string
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import IS
+
+from dicomcommit.errors import TemplateError
+
+DEFAULT_TEMPLATE = "{PatientID}/{StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm"
+
+#: Rendered for an attribute that is absent or empty, and for a component that sanitizes to nothing.
+MISSING = "UNKNOWN"
+#: Joins the values of a multi-valued attribute (``ORIGINAL\\PRIMARY`` -> ``ORIGINAL_PRIMARY``).
+MULTI_VALUE_SEPARATOR = "_"
+MAX_COMPONENT_BYTES = 255
+
+#: Captured at stage time whatever the template, so that most templates need no header re-parse.
+COMMON_KEYWORDS = (
+    "PatientID",
+    "PatientName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    "SeriesNumber",
+    "SeriesDescription",
+    "AcquisitionNumber",
+    "InstanceNumber",
+)
+
+Scalar: TypeAlias = str | int | float
+Value: TypeAlias = Scalar | list[Scalar] | None
+Attrs: TypeAlias = dict[str, Value]
+
+# Path separators, NUL and the characters Windows refuses: replaced so that an archive
+# copied to any share keeps its names.
+_FORBIDDEN = frozenset('/\\<>:"|?*')
+# Control, format, surrogate, private-use and unassigned code points.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+_HASH_SUFFIX_CHARS = 16
+
+
+@dataclass(frozen=True)
+class _Field:
+    keyword: str
+    spec: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """A validated naming template; build one with :func:`parse_template`."""
+
+    text: str
+    components: tuple[tuple[tuple[str, _Field | None], ...], ...]
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The DICOM keywords the template uses, in order of first use."""
+        seen: dict[str, None] = {}
+        for component in self.components:
+            for _, field in component:
+                if field is not None:
+                    seen.setdefault(field.keyword, None)
+        return tuple(seen)
+
+    def render(self, attrs: Mapping[str, Value]) -> str:
+        """Return the archive-relative path (``/``-separated) for these attribute values.
+
+        Never raises for any value: missing ones become :data:`MISSING`, and every
+        component is sanitized.
+        """
+        parts = []
+        for component in self.components:
+            text = "".join(
+                literal + ("" if field is None else _render_value(attrs.get(field.keyword), field.spec))
+                for literal, field in component
+            )
+            parts.append(sanitize_component(text))
+        return "/".join(parts)
+
+
+def parse_template(text: str, *, allow_collisions: bool = False) -> Template:
+    """Validate *text* and return a :class:`Template`.
+
+    Fields are DICOM keywords with an optional Python format spec (``{InstanceNumber:05d}``).
+
+    Raises:
+        TemplateError: for an empty or absolute template, an empty, ``.`` or ``..`` component,
+            an unknown keyword, attribute or index access, a conversion (``!r``), a nested
+            field, or a template without ``SOPInstanceUID`` unless *allow_collisions*.
+    """
+    if not text or text.startswith(("/", "\\")):
+        raise TemplateError(f"template must be a non-empty relative path: {text!r}")
+    components = []
+    for raw in text.split("/"):
+        if raw in ("", ".", ".."):
+            raise TemplateError(f"template component {raw!r} is not allowed in {text!r}")
+        components.append(tuple(_parse_component(raw, text)))
+    template = Template(text, tuple(components))
+    if "SOPInstanceUID" not in template.keywords and not allow_collisions:
+        raise TemplateError(
+            f"template {text!r} has no {{SOPInstanceUID}}: different instances would share "
+            "names by design; pass allow_collisions=True (--allow-collisions) if you mean it"
+        )
+    return template
+
+
+def _parse_component(raw: str, text: str) -> Iterable[tuple[str, _Field | None]]:
+    try:
+        parsed = list(string.Formatter().parse(raw))
+    except ValueError as exc:
+        raise TemplateError(f"template {text!r}: {exc}") from None
+    for literal, name, spec, conversion in parsed:
+        if name is None:
+            yield literal, None
+            continue
+        if conversion is not None or "{" in (spec or ""):
+            raise TemplateError(f"template {text!r}: conversions and nested fields are not allowed")
+        if not name.isidentifier() or tag_for_keyword(name) is None:
+            raise TemplateError(f"template {text!r}: {name!r} is not a DICOM keyword")
+        yield literal, _Field(name, spec or "")
+
+
+def _render_value(value: Value, spec: str) -> str:
+    if value is None or value in ("", []):
+        return MISSING
+    if isinstance(value, list):
+        return MULTI_VALUE_SEPARATOR.join(_render_scalar(item, spec) for item in value)
+    return _render_scalar(value, spec)
+
+
+def _render_scalar(value: Scalar, spec: str) -> str:
+    if not spec:
+        return str(value)
+    candidates: list[Scalar] = [value]
+    if isinstance(value, str):  # a DS/IS kept as text, or a number in a string VR
+        for convert in (int, float):
+            with contextlib.suppress(ValueError):
+                candidates.append(convert(value))
+    for candidate in candidates:
+        try:
+            return format(candidate, spec)
+        except (ValueError, TypeError):
+            continue
+    return str(value)  # a spec that fits no form of the value: the plain value, deterministically
+
+
+def sanitize_component(text: str) -> str:
+    """Return *text* as one safe path component.
+
+    NFC-normalized; separators, NUL, control and Windows-reserved characters become ``_``;
+    surrounding white space is stripped, leading dots become ``_`` and trailing dots are
+    dropped (so ``.`` and ``..`` cannot survive); an empty result becomes :data:`MISSING`;
+    more than 255 UTF-8 bytes are cut and given a hash suffix of the full text.
+    """
+    text = unicodedata.normalize("NFC", text)
+    chars = ["_" if c in _FORBIDDEN or unicodedata.category(c) in _FORBIDDEN_CATEGORIES else c for c in text]
+    cleaned = "".join(chars).strip().rstrip(". ")
+    stripped = cleaned.lstrip(".")
+    cleaned = "_" * (len(cleaned) - len(stripped)) + stripped
+    if not cleaned:
+        return MISSING
+    if len(cleaned.encode()) <= MAX_COMPONENT_BYTES:
+        return cleaned
+    return _shorten(cleaned)
+
+
+def _shorten(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).hexdigest()[:_HASH_SUFFIX_CHARS]
+    stem, dot, ext = text.rpartition(".")
+    suffix = f"{dot}{ext}" if dot and stem and 0 < len(ext.encode()) <= 8 else ""
+    if suffix:
+        text = stem
+    budget = MAX_COMPONENT_BYTES - len(suffix.encode()) - _HASH_SUFFIX_CHARS - 1
+    cut = text.encode()[:budget].decode(errors="ignore")
+    return f"{cut}~{digest}{suffix}"
+
+
+def attrs_from_dataset(ds: Dataset, keywords: Iterable[str]) -> Attrs:
+    """Read the values of *keywords* from *ds* as JSON-friendly values (absent -> ``None``)."""
+    attrs: Attrs = {}
+    for keyword in keywords:
+        attrs[keyword] = _to_value(ds.get(keyword))
+    return attrs
+
+
+def _to_value(raw: object) -> Value:
+    if isinstance(raw, MultiValue | list | tuple):
+        items = [_to_scalar(item) for item in raw]
+        scalars = [item for item in items if item is not None]
+        return scalars or None
+    return _to_scalar(raw)
+
+
+def _to_scalar(raw: object) -> Scalar | None:
+    if raw is None or isinstance(raw, bytes | bytearray | Dataset):
+        return None  # binary and sequence values do not name files
+    if isinstance(raw, IS | int) and not isinstance(raw, bool):
+        return int(raw)
+    if isinstance(raw, float) and not hasattr(raw, "original_string"):
+        return raw
+    text = str(raw)  # PersonName, UID, DSfloat (its original string) and plain text
+    return text or None

@@ -1,0 +1,69 @@
+"""Dry runs: what a commit would do, found by looking, without changing anything.
+
+Looking first is only safe because nothing is written: the real commit never checks
+before it links.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dicomcommit.headers import NotDicom, hash_file, read_attrs
+from dicomcommit.journal import JournalIndex
+from dicomcommit.layout import CONFLICTS_DIR
+from dicomcommit.manifest import Record
+from dicomcommit.naming import Template
+
+if TYPE_CHECKING:
+    from dicomcommit.committing import CommitReport
+
+
+def plan(staging: Path, archive: Path, names: list[str], template: Template, report: CommitReport) -> None:
+    """Fill *report* with the outcome each staged file would have."""
+    journal = JournalIndex(staging)
+    journal.refresh()
+    planned: dict[str, str] = {}  # target -> sha256, for collisions inside this run
+    kept: set[str] = set()  # sha256 of conflicts this run would keep
+    for name in names:
+        try:
+            fd = os.open(staging / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            record = journal.get(name)
+            if record is not None and not all(k in record.attrs for k in template.keywords):
+                record = None
+            sha256, size = (record.sha256, record.size) if record is not None else hash_file(fd)
+            try:
+                attrs = record.attrs if record is not None else read_attrs(fd, template.keywords)
+            except NotDicom as exc:
+                report.count(Record("invalid", None, "", name, size, sha256, detail=str(exc), run=report.run))
+                continue
+        finally:
+            os.close(fd)
+        target = template.render(attrs)
+        existing = planned[target] if target in planned else _hash_at(archive / target)
+        if existing is None:
+            status, planned[target] = "committed", sha256
+        elif existing == sha256 or sha256 in kept or archive.joinpath(*CONFLICTS_DIR, f"{sha256}.dcm").exists():
+            status = "duplicate"
+        else:
+            status = "conflict"
+            kept.add(sha256)
+        report.count(Record(status, target, target, name, size, sha256, attrs=attrs, run=report.run))
+
+
+def _hash_at(path: Path) -> str | None:
+    """The hash of what is at *path*; None if nothing is; "" if something unreadable is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    try:
+        return hash_file(fd)[0]
+    finally:
+        os.close(fd)

@@ -1,0 +1,70 @@
+"""Shared fixtures: real datasets (synthetic, or shipped inside the pydicom wheel)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from dicomcommit.demo import synthetic_dataset
+
+ROOT = "1.2.826.0.1.3680043.10.1234"
+
+
+def testdata(name: str) -> Path:
+    """A file that ships inside the pydicom wheel (never downloaded)."""
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"{name} is not in the pydicom wheel"
+    return Path(str(path))
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def archive_files(archive: Path) -> dict[str, str]:
+    """Every file of the archive outside .dicomcommit/, relative path -> sha256."""
+    return {
+        str(p.relative_to(archive)): sha256_of(p)
+        for p in archive.rglob("*")
+        if p.is_file() and ".dicomcommit" not in p.relative_to(archive).parts
+    }
+
+
+def staged_files(staging: Path) -> list[Path]:
+    return sorted(p for p in staging.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+@pytest.fixture
+def make_ds() -> Callable[..., Dataset]:
+    """synthetic_dataset(ROOT, index, variant): the same arguments give the same bytes."""
+
+    def make(index: int, variant: int = 0) -> Dataset:
+        return synthetic_dataset(ROOT, index, variant)
+
+    return make
+
+
+@pytest.fixture
+def ct() -> Dataset:
+    return pydicom.dcmread(testdata("CT_small.dcm"))
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    return staging, archive
+
+
+def copy_in(name: str, staging: Path, as_name: str | None = None) -> Path:
+    """Put a pydicom test file into staging, as a foreign tool would."""
+    dest = staging / (as_name or name)
+    shutil.copyfile(testdata(name), dest)
+    return dest

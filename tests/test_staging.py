@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from dicomcommit import EncodeError, StageError, Stager, UsageError
+from dicomcommit.journal import JournalIndex, journal_dir
+
+
+def test_staged_bytes_equal_pydicom_dcmwrite(tmp_path: Path, ct: Dataset) -> None:
+    staged = Stager(tmp_path / "staging").stage(ct)
+    reference = tmp_path / "reference.dcm"
+    pydicom.dcmwrite(reference, ct, enforce_file_format=True)
+    assert staged.read_bytes() == reference.read_bytes()
+    assert staged.suffix == ".dcm"
+    assert staged.parent == tmp_path / "staging"
+
+
+def test_stage_records_hash_size_and_naming_attributes(tmp_path: Path, ct: Dataset) -> None:
+    stager = Stager(tmp_path, keywords=["ImageType"])
+    staged = stager.stage(ct)
+    index = JournalIndex(tmp_path)
+    index.refresh()
+    record = index.get(staged.name)
+    assert record is not None
+    data = staged.read_bytes()
+    assert record.sha256 == hashlib.sha256(data).hexdigest()
+    assert record.size == len(data)
+    assert record.attrs["SOPInstanceUID"] == ct.SOPInstanceUID
+    assert record.attrs["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert record.attrs["AccessionNumber"] is None  # recorded as absent, not missing from the record
+    assert record.durable is True
+
+
+def test_staged_file_mode_follows_umask(tmp_path: Path, ct: Dataset) -> None:
+    old = os.umask(0o027)
+    try:
+        staged = Stager(tmp_path).stage(ct)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(staged.stat().st_mode) == 0o640
+
+
+def test_encode_failure_stages_nothing(tmp_path: Path, make_ds: Callable[..., Dataset]) -> None:
+    ds = make_ds(1)
+    del ds.file_meta.TransferSyntaxUID
+    with pytest.raises(EncodeError):
+        Stager(tmp_path).stage(ds)
+    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_os_error_names_the_file_and_leaves_nothing(
+    tmp_path: Path, ct: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stager = Stager(tmp_path)
+
+    def no_space(fd: int, data: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", no_space)
+    with pytest.raises(StageError) as info:
+        stager.stage(ct)
+    monkeypatch.undo()
+    assert info.value.errno == 28
+    assert str(tmp_path) in str(info.value)
+    assert [p for p in tmp_path.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_staging_dir_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError):
+        Stager(tmp_path / "file")
+
+
+def test_many_threads_share_one_stager(tmp_path: Path, make_ds: Callable[..., Dataset]) -> None:
+    stager = Stager(tmp_path, durable=False)
+    paths: list[Path] = []
+    lock = threading.Lock()
+
+    def work(start: int) -> None:
+        for i in range(start, start + 50):
+            path = stager.stage(make_ds(i))
+            with lock:
+                paths.append(path)
+
+    threads = [threading.Thread(target=work, args=(n * 50,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(paths)) == 400
+    lines = b"".join(p.read_bytes() for p in journal_dir(tmp_path).iterdir()).splitlines()
+    names = {json.loads(line)["name"] for line in lines}
+    assert names == {p.name for p in paths}  # one intact line per staged file
+
+
+def test_a_torn_journal_line_only_costs_the_fast_path(tmp_path: Path, ct: Dataset) -> None:
+    stager = Stager(tmp_path)
+    staged = stager.stage(ct)
+    journal = next(journal_dir(tmp_path).iterdir())
+    with journal.open("ab") as f:
+        f.write(b'{"name": "half a li')
+    index = JournalIndex(tmp_path)
+    index.refresh()
+    assert index.get(staged.name) is not None
+    assert index.get("half a li") is None
