@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import posixpath
 import string
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -98,7 +99,11 @@ class Template:
                 for literal, field in component
             )
             parts.append(sanitize_component(text))
-        return "/".join(parts)
+        rel = "/".join(parts)
+        # Sanitizing each component already makes this impossible; the check stays as a last line.
+        if posixpath.isabs(rel) or posixpath.normpath(rel) != rel or rel.split("/")[0] == "..":
+            raise AssertionError(f"rendered name {rel!r} would leave the archive root")
+        return rel
 
 
 def parse_template(text: str, *, allow_collisions: bool = False) -> Template:
