@@ -17,7 +17,7 @@ from dicomcommit.demo import synthetic_dataset
 ROOT = "1.2.826.0.1.3680043.10.1234"
 
 
-def testdata(name: str) -> Path:
+def wheel_file(name: str) -> Path:
     """A file that ships inside the pydicom wheel (never downloaded)."""
     path = get_testdata_file(name, download=False)
     assert path is not None, f"{name} is not in the pydicom wheel"
@@ -53,7 +53,7 @@ def make_ds() -> Callable[..., Dataset]:
 
 @pytest.fixture
 def ct() -> Dataset:
-    return pydicom.dcmread(testdata("CT_small.dcm"))
+    return pydicom.dcmread(wheel_file("CT_small.dcm"))
 
 
 @pytest.fixture
@@ -66,5 +66,5 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 def copy_in(name: str, staging: Path, as_name: str | None = None) -> Path:
     """Put a pydicom test file into staging, as a foreign tool would."""
     dest = staging / (as_name or name)
-    shutil.copyfile(testdata(name), dest)
+    shutil.copyfile(wheel_file(name), dest)
     return dest

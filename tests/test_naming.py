@@ -12,6 +12,7 @@ from dicomcommit.naming import (
     MAX_COMPONENT_BYTES,
     Scalar,
     Value,
+    _sanitize,
     attrs_from_dataset,
     parse_template,
     sanitize_component,
@@ -144,6 +145,12 @@ def test_hostile_values_stay_inside_the_archive(patient: str, study: str, sop: s
     root = "/archive/root"
     assert posixpath.normpath(posixpath.join(root, rel)).startswith(root + "/")
     assert rel == template.render(values)  # deterministic
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.one_of(hostile_text, st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E))))
+def test_the_fast_path_agrees_with_the_full_sanitizer(value: str) -> None:
+    assert sanitize_component(value) == _sanitize(value)
 
 
 @settings(max_examples=200, deadline=None)

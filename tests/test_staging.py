@@ -5,7 +5,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -113,3 +113,45 @@ def test_a_torn_journal_line_only_costs_the_fast_path(tmp_path: Path, ct: Datase
     index.refresh()
     assert index.get(staged.name) is not None
     assert index.get("half a li") is None
+
+
+def test_stage_many_stages_all_and_syncs_the_directory_once(
+    tmp_path: Path, make_ds: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stager = Stager(tmp_path)
+    stager.stage(make_ds(999))  # opens the directory before counting
+    dir_syncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            dir_syncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    paths = stager.stage_many(make_ds(i) for i in range(40))
+    monkeypatch.undo()
+    assert len(dir_syncs) == 1
+    assert len(set(paths)) == 40
+    assert sorted(paths) == paths  # names sort in staging order
+    for i, path in enumerate(paths):
+        reference = tmp_path / "reference.dcm"
+        pydicom.dcmwrite(reference, make_ds(i), enforce_file_format=True)
+        assert path.read_bytes() == reference.read_bytes()
+        reference.unlink()
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_stage_many_failure_keeps_what_was_staged_complete(tmp_path: Path, make_ds: Callable[..., Dataset]) -> None:
+    def datasets() -> Iterator[Dataset]:
+        yield make_ds(1)
+        yield make_ds(2)
+        broken = make_ds(3)
+        del broken.file_meta.TransferSyntaxUID
+        yield broken
+
+    with pytest.raises(EncodeError):
+        Stager(tmp_path).stage_many(datasets())
+    staged = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert len(staged) == 2
+    assert all(p.suffix == ".dcm" and pydicom.dcmread(p).SOPInstanceUID for p in staged)

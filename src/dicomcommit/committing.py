@@ -152,13 +152,13 @@ def _new_run_id() -> str:
 
 @dataclass
 class _Staged:
-    """One staged file, open, with what naming needs."""
+    """One staged file and what naming needs; opened only when its bytes must be read."""
 
     name: str
-    fd: int
-    sha256: str
     size: int
-    attrs: Attrs
+    sha256: str = ""
+    attrs: Attrs = field(default_factory=dict)
+    fd: int | None = None
 
 
 class _Committer:
@@ -223,41 +223,50 @@ class _Committer:
 
     def _one(self, name: str) -> tuple[Record, str] | None:
         try:
-            fd = _fs.open_read(name, self.staging_fd)
+            st = os.stat(name, dir_fd=self.staging_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None  # another committer took it
         except OSError as exc:
-            raise CommitError(f"cannot open staged file ({exc.strerror})", self.staging / name, exc) from exc
+            raise CommitError(f"cannot stat staged file ({exc.strerror})", self.staging / name, exc) from exc
+        if not stat.S_ISREG(st.st_mode):
+            return None  # swapped for something else since the scan; left in place
+        staged = _Staged(name, st.st_size)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None  # swapped for something else since the scan; left in place
-            staged = self._describe(name, fd)
-            if isinstance(staged, Record):
-                return staged, name
-            return self._place(staged), name
+            set_aside = self._describe(staged)
+            return (set_aside or self._place(staged)), name
         except DicomCommitError:
             raise
         except OSError as exc:
             raise CommitError(f"cannot commit staged file ({exc.strerror})", self.staging / name, exc) from exc
         finally:
-            os.close(fd)
+            if staged.fd is not None:
+                os.close(staged.fd)
 
-    def _describe(self, name: str, fd: int) -> _Staged | Record:
-        """Attributes and hash from the journal (fast path), else from the file itself."""
-        st = os.fstat(fd)
-        record = self.journal.get(name)
-        if record is not None and record.size == st.st_size and all(k in record.attrs for k in self.template.keywords):
+    def _open(self, staged: _Staged) -> int:
+        if staged.fd is None:
+            staged.fd = _fs.open_read(staged.name, self.staging_fd)
+        return staged.fd
+
+    def _describe(self, staged: _Staged) -> Record | None:
+        """Fill in hash and attributes: from the journal (fast path), else from the file.
+
+        Returns the record of a file set aside as invalid.
+        """
+        record = self.journal.get(staged.name)
+        if record is not None and record.size == staged.size and all(k in record.attrs for k in self.template.keywords):
+            staged.sha256, staged.attrs = record.sha256, record.attrs
             if self.durable and not record.durable:
-                os.fsync(fd)
-            return _Staged(name, fd, record.sha256, record.size, record.attrs)
+                os.fsync(self._open(staged))
+            return None
+        fd = self._open(staged)
         if self.durable:
             os.fsync(fd)  # a foreign writer may not have made its bytes durable
-        sha256, size = hash_file(fd)
+        staged.sha256, staged.size = hash_file(fd)
         try:
-            attrs = read_attrs(fd, self.template.keywords)
+            staged.attrs = read_attrs(fd, self.template.keywords)
         except NotDicom as exc:
-            return self._set_aside(_Staged(name, fd, sha256, size, {}), str(exc))
-        return _Staged(name, fd, sha256, size, attrs)
+            return self._set_aside(staged, str(exc))
+        return None
 
     def _place(self, staged: _Staged) -> Record:
         target = self.template.render(staged.attrs)
@@ -310,7 +319,7 @@ class _Committer:
 
     def _link(self, staged: _Staged, dirs: tuple[str, ...], fname: str) -> _fs.Placed:
         dst_fd = self.tree.dir_fd(dirs)
-        where = str(self.archive.joinpath(*dirs, fname))
+        where = "/".join((str(self.archive), *dirs, fname))
         try:
             placed = _fs.link_noclobber(self.staging_fd, staged.name, dst_fd, fname, where=where)
         except DicomCommitError:
@@ -326,7 +335,7 @@ class _Committer:
     def _copy_then_link(self, staged: _Staged, dst_fd: int, fname: str, where: str) -> _fs.Placed:
         # Staging is on another filesystem: copy onto the archive's, then link from there.
         tmp_fd = self.tree.dir_fd(TMP_DIR)
-        tmp = _fs.copy_exclusive(staged.fd, tmp_fd, durable=self.durable)
+        tmp = _fs.copy_exclusive(self._open(staged), tmp_fd, durable=self.durable)
         try:
             return _fs.link_noclobber(tmp_fd, tmp, dst_fd, fname, where=where)
         finally:

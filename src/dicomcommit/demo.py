@@ -22,16 +22,16 @@ from dicomcommit.manifest import Manifest
 from dicomcommit.scanning import scan_staging
 from dicomcommit.staging import Stager
 
-ROWS = COLUMNS = 32
+ROWS = 32
 _DUPLICATE_SHARE = 0.10  # staged twice, byte for byte the same
 _CONFLICT_SHARE = 0.05  # staged twice, the second time with different content
 
 
-def synthetic_dataset(root: str, index: int, variant: int = 0) -> Dataset:
-    """A small CT image; the same (root, index, variant) always gives the same bytes.
+def synthetic_dataset(root: str, index: int, variant: int = 0, *, size: int = ROWS) -> Dataset:
+    """A CT image of *size* x *size* 16-bit pixels (32: about 2.4 KB; 512: about 0.5 MB).
 
-    *index* picks the instance (its SOP Instance UID), *variant* changes its content but
-    not its name, as a reprocessed image would.
+    The same arguments always give the same bytes. *index* picks the instance (its SOP
+    Instance UID), *variant* changes its content but not its name, as reprocessing would.
     """
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -45,13 +45,15 @@ def synthetic_dataset(root: str, index: int, variant: int = 0) -> Dataset:
     ds.Modality = "CT"
     ds.InstanceNumber = index % 20 + 1
     ds.SeriesDescription = "reprocessed" if variant else "original"
-    ds.Rows, ds.Columns = ROWS, COLUMNS
+    ds.Rows = ds.Columns = size
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.PixelData = bytes((index * 7 + variant * 13 + i) % 256 for i in range(ROWS * COLUMNS * 2))
+    pattern = bytes((index * 7 + variant * 13 + i) % 256 for i in range(256))
+    length = size * size * 2
+    ds.PixelData = (pattern * (length // 256 + 1))[:length]
     return ds
 
 

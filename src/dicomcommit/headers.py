@@ -12,8 +12,10 @@ from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
 from dicomcommit.naming import Attrs, attrs_from_dataset
+from dicomcommit.rawheader import NeedMoreBytes, Unsupported, scan
 
 _CHUNK = 1 << 20
+_RAW_READS = (4096, 65536)  # most headers fit the first; a few long ones the second
 
 
 class NotDicom(Exception):
@@ -24,12 +26,26 @@ def read_attrs(fd: int, keywords: Sequence[str]) -> Attrs:
     """Read the values of *keywords* from the DICOM file open at *fd*.
 
     Parsing stops at the first top-level element past the last tag needed, so the bytes
-    read do not grow with the pixel data.
+    read do not grow with the pixel data. The common layouts are read by
+    :mod:`dicomcommit.rawheader` from the first 4 KiB (or 64 KiB); pydicom reads the rest.
 
     Raises:
         NotDicom: no Part 10 preamble and File Meta, an empty dataset, or a header pydicom
             cannot parse (truncated, corrupt).
     """
+    for size in _RAW_READS:
+        data = os.pread(fd, size, 0)
+        try:
+            return scan(data, keywords)
+        except NeedMoreBytes:
+            if len(data) < size:
+                break  # the file is all there is: let pydicom say what is wrong
+        except Unsupported:
+            break
+    return _read_with_pydicom(fd, keywords)
+
+
+def _read_with_pydicom(fd: int, keywords: Sequence[str]) -> Attrs:
     tags = [Tag(t) for t in (tag_for_keyword(k) for k in keywords) if t is not None]
     last = max(tags, default=Tag(0))
 

@@ -177,6 +177,18 @@ class JournalIndex:
             del self._names[journal], self._offsets[journal]
 
 
+_NAME_PREFIX = b'{"name":"'
+
+
 def _peek_name(line: bytes) -> str | None:
+    """The staged name a line is about, without parsing the whole line.
+
+    Our writer puts the name first, and staged names need no JSON escaping; other lines
+    (hand-edited, or from another writer) take the full parse.
+    """
+    if line.startswith(_NAME_PREFIX):
+        end = line.find(b'"', len(_NAME_PREFIX))
+        if end > 0 and b"\\" not in line[:end]:
+            return line[len(_NAME_PREFIX) : end].decode(errors="replace")
     record = StagedRecord.from_line(line)
     return None if record is None else record.name

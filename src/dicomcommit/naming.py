@@ -8,8 +8,10 @@ The same values always give the same name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import posixpath
+import re
 import string
 import unicodedata
 from collections.abc import Iterable, Mapping
@@ -61,6 +63,10 @@ _FORBIDDEN = frozenset('/\\<>:"|?*')
 # Control, format, surrogate, private-use and unassigned code points.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
 _HASH_SUFFIX_CHARS = 16
+# A component of printable ASCII, without forbidden characters, and neither starting nor
+# ending with a dot or a space, is already safe: the fast path for UIDs and IDs.
+_SAFE_EDGE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in _FORBIDDEN and chr(c) != ".")
+_PLAIN = re.compile(f"[{re.escape(_SAFE_EDGE)}](?:[{re.escape(_SAFE_EDGE)} .]*[{re.escape(_SAFE_EDGE)}])?")
 
 
 @dataclass(frozen=True)
@@ -75,16 +81,8 @@ class Template:
 
     text: str
     components: tuple[tuple[tuple[str, _Field | None], ...], ...]
-
-    @property
-    def keywords(self) -> tuple[str, ...]:
-        """The DICOM keywords the template uses, in order of first use."""
-        seen: dict[str, None] = {}
-        for component in self.components:
-            for _, field in component:
-                if field is not None:
-                    seen.setdefault(field.keyword, None)
-        return tuple(seen)
+    #: The DICOM keywords the template uses, in order of first use.
+    keywords: tuple[str, ...]
 
     def render(self, attrs: Mapping[str, Value]) -> str:
         """Return the archive-relative path (``/``-separated) for these attribute values.
@@ -123,7 +121,8 @@ def parse_template(text: str, *, allow_collisions: bool = False) -> Template:
         if raw in ("", ".", ".."):
             raise TemplateError(f"template component {raw!r} is not allowed in {text!r}")
         components.append(tuple(_parse_component(raw, text)))
-    template = Template(text, tuple(components))
+    keywords = dict.fromkeys(f.keyword for component in components for _, f in component if f is not None)
+    template = Template(text, tuple(components), tuple(keywords))
     if "SOPInstanceUID" not in template.keywords and not allow_collisions:
         raise TemplateError(
             f"template {text!r} has no {{SOPInstanceUID}}: different instances would share "
@@ -180,6 +179,12 @@ def sanitize_component(text: str) -> str:
     dropped (so ``.`` and ``..`` cannot survive); an empty result becomes :data:`MISSING`;
     more than 255 UTF-8 bytes are cut and given a hash suffix of the full text.
     """
+    if _PLAIN.fullmatch(text) and len(text) <= MAX_COMPONENT_BYTES:
+        return text  # the common case (UIDs, IDs): nothing to change, and NFC is identity on ASCII
+    return _sanitize(text)
+
+
+def _sanitize(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     chars = ["_" if c in _FORBIDDEN or unicodedata.category(c) in _FORBIDDEN_CATEGORIES else c for c in text]
     cleaned = "".join(chars).strip().rstrip(". ")
@@ -206,15 +211,23 @@ def _shorten(text: str) -> str:
 def attrs_from_dataset(ds: Dataset, keywords: Iterable[str]) -> Attrs:
     """Read the values of *keywords* from *ds* as JSON-friendly values (absent -> ``None``)."""
     attrs: Attrs = {}
-    for keyword in keywords:
-        attrs[keyword] = _to_value(ds.get(keyword))
+    for keyword, tag in _tags(tuple(keywords)):
+        # By tag, not by keyword: pydicom's keyword lookup costs more than the value itself.
+        attrs[keyword] = _to_value(ds[tag].value) if tag is not None and tag in ds else None
     return attrs
+
+
+@functools.lru_cache(maxsize=64)
+def _tags(keywords: tuple[str, ...]) -> tuple[tuple[str, int | None], ...]:
+    return tuple((keyword, tag_for_keyword(keyword)) for keyword in keywords)
 
 
 def _to_value(raw: object) -> Value:
     if isinstance(raw, MultiValue | list | tuple):
         items = [_to_scalar(item) for item in raw]
         scalars = [item for item in items if item is not None]
+        if len(scalars) == 1:
+            return scalars[0]  # "A\\" is the single value A
         return scalars or None
     return _to_scalar(raw)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,40 @@ from dicomcommit.writing import encode
 
 STAGED_SUFFIX = ".dcm"
 PART_SUFFIX = ".part"
+_MAX_PENDING = 16
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    name: str
+    data: bytes
+    record: StagedRecord
+
+
+class _DirSync:
+    """Group commit for a directory's fsync: one fsync covers every rename done before it.
+
+    Threads staging at once then share fsyncs instead of queueing one each.
+    """
+
+    def __init__(self) -> None:
+        self._syncing = threading.Lock()
+        self._counter = threading.Lock()
+        self._requested = 0
+        self._done = 0
+
+    def sync(self, dir_fd: int) -> None:
+        """fsync *dir_fd*, unless an fsync that started after our rename already did."""
+        with self._counter:
+            self._requested += 1
+            ticket = self._requested
+        with self._syncing:
+            if self._done >= ticket:
+                return
+            with self._counter:
+                upto = self._requested
+            _fs.fsync_dir(dir_fd)
+            self._done = upto
 
 
 class Stager:
@@ -51,20 +90,72 @@ class Stager:
         except (FileExistsError, NotADirectoryError) as exc:
             raise UsageError(f"staging directory {self.staging_dir} is not a directory") from exc
         self._journal = JournalWriter(self.staging_dir)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+        self._dir_sync = _DirSync()
 
     def stage(self, ds: Dataset, **kwargs: Any) -> Path:
         """Write *ds* to a new staged file and return its path.
 
         The bytes are exactly what ``pydicom.dcmwrite(path, ds, enforce_file_format=True)``
         writes. The file appears under its final staged name only when complete (written to
-        ``<uuid>.dcm.part``, then renamed). Other keyword arguments go to pydicom.
+        ``<name>.part``, then renamed). When durable, the file and its name are on disk when
+        this returns. Other keyword arguments go to pydicom.
 
         Raises:
             EncodeError: pydicom could not encode *ds*; nothing was written.
             StageError: an OS error (disk full, permissions...); no file was left behind.
         """
-        kwargs.setdefault("enforce_file_format", True)
-        data = encode(ds, **kwargs)
+        prepared = self._prepare(ds, kwargs)
+        dir_fd = self._dir_fd()
+        self._write(dir_fd, prepared)
+        if self.durable:
+            try:
+                self._dir_sync.sync(dir_fd)
+            except OSError as exc:
+                _fs.unlink_quietly(dir_fd, prepared.name)  # the caller sees a failure: nothing may stay
+                raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / prepared.name, exc) from exc
+        return self.staging_dir / prepared.name
+
+    def stage_many(self, datasets: Iterable[Dataset], **kwargs: Any) -> list[Path]:
+        """Stage several datasets; with the same guarantees as :meth:`stage`, when it returns.
+
+        Faster in durable mode: a writer thread writes and fsyncs each file while the next
+        dataset is encoded, and the directory is fsynced once, at the end.
+
+        Raises:
+            EncodeError, StageError: as :meth:`stage`. The datasets before the failing one
+                are staged then; staging them again is harmless, since commit drops
+                identical duplicates.
+        """
+        if not self.durable:
+            return [self.stage(ds, **kwargs) for ds in datasets]  # no fsync to overlap with
+        dir_fd = self._dir_fd()
+        paths: list[Path] = []
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="dicomcommit-stage") as writer:
+                pending: deque[Future[None]] = deque()
+                try:
+                    for ds in datasets:
+                        prepared = self._prepare(ds, kwargs)
+                        pending.append(writer.submit(self._write, dir_fd, prepared))
+                        paths.append(self.staging_dir / prepared.name)
+                        while len(pending) > _MAX_PENDING:  # bound the encoded bytes held in memory
+                            pending.popleft().result()
+                    while pending:
+                        pending.popleft().result()
+                finally:
+                    for future in pending:  # finish what was encoded: "all before the failure" holds
+                        with contextlib.suppress(Exception):
+                            future.result()
+        finally:
+            if paths:
+                self._dir_sync.sync(dir_fd)
+        return paths
+
+    def _prepare(self, ds: Dataset, kwargs: dict[str, Any]) -> _Prepared:
+        data = encode(ds, **{"enforce_file_format": True, **kwargs})
         # Nanoseconds first: sorting names sorts by staging time (mtimes tie within a clock
         # tick), so the file staged first wins its final name. The UUID makes it unique.
         name = f"{time.time_ns():016x}-{uuid.uuid4().hex}{STAGED_SUFFIX}"
@@ -75,31 +166,40 @@ class Stager:
             durable=self.durable,
             attrs=attrs_from_dataset(ds, self.keywords),
         )
-        part = name + PART_SUFFIX
+        return _Prepared(name, data, record)
+
+    def _write(self, dir_fd: int, prepared: _Prepared) -> None:
+        part = prepared.name + PART_SUFFIX
         try:
-            dir_fd = _fs.open_root(self.staging_dir)
-        except OSError as exc:
-            raise StageError(f"cannot open the staging directory ({exc.strerror})", self.staging_dir, exc) from exc
-        try:
-            _fs.write_exclusive(dir_fd, part, data, durable=self.durable)
+            _fs.write_exclusive(dir_fd, part, prepared.data, durable=self.durable)
             # The record goes first: a staged file then always has one, unless the line is lost.
-            self._journal.append(record)
-            os.rename(part, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # a fresh UUID: nothing to clobber
-            if self.durable:
-                _fs.fsync_dir(dir_fd)
+            self._journal.append(prepared.record)
+            os.rename(part, prepared.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # a fresh name: nothing to clobber
         except OSError as exc:
-            # The caller sees a failure, so no file may stay staged: it would be committed
-            # behind the back of a caller that retries or gives up.
             _fs.unlink_quietly(dir_fd, part)
-            _fs.unlink_quietly(dir_fd, name)
             raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / part, exc) from exc
-        finally:
-            os.close(dir_fd)
-        return self.staging_dir / name
+
+    def _dir_fd(self) -> int:
+        with self._lock:
+            if self._fd is None or self._pid != os.getpid():
+                # A forked child opens its own; the parent's fd and locks stay with the parent.
+                try:
+                    self._fd = _fs.open_root(self.staging_dir)
+                except OSError as exc:
+                    raise StageError(
+                        f"cannot open the staging directory ({exc.strerror})", self.staging_dir, exc
+                    ) from exc
+                self._pid = os.getpid()
+                self._dir_sync = _DirSync()
+            return self._fd
 
     def close(self) -> None:
-        """Release this stager's journal. Staging again later opens a new one."""
+        """Release this stager's journal and directory. Staging again later reopens them."""
         self._journal.close()
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> Stager:
         return self

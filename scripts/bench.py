@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""Benchmarks: dicomcommit against baselines measured in the same run.
+
+    .venv/bin/python scripts/bench.py            # full run (several minutes, a few GB of disk)
+    .venv/bin/python scripts/bench.py --quick    # smoke run (seconds)
+    .venv/bin/python scripts/bench.py --json     # machine-readable
+
+Every variant runs on fresh directories, and nothing is deleted until the end: on some
+filesystems, deleting thousands of files slows later file creation for a while, which
+would penalise whichever variant came next. Figures are medians over --runs runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicomcommit import Stager, commit
+from dicomcommit.demo import synthetic_dataset
+from dicomcommit.headers import read_attrs
+from dicomcommit.manifest import Manifest
+from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
+
+Variant = tuple[Callable[[], Any], Callable[[Any], None]]  # (prepare, timed)
+SIZES = {"tiny": 32, "ct": 512}  # 2.3 KB and 0.5 MB files
+_ROOT = "1.2.826.0.1.3680043.10.4242"
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str
+    files: int
+    rate: float  # files/s, median
+    baseline: str = ""
+    ratio: float | None = None
+    target: str = ""
+    ok: bool | None = None
+
+
+class Bench:
+    def __init__(self, root: Path, runs: int) -> None:
+        self.root = root
+        self.runs = runs
+        self._dirs = 0
+
+    def fresh(self, name: str) -> Path:
+        self._dirs += 1
+        path = self.root / f"{self._dirs:04d}-{name}"
+        path.mkdir()
+        return path
+
+    def compare(
+        self, files: int, variants: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]
+    ) -> dict[str, float]:
+        """Median files/s of each variant; runs interleave variants, so that a slow phase of
+        the machine (or of the filesystem) does not fall on one variant only."""
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(self.runs):
+            for name, (prepare, timed) in variants.items():
+                arg = prepare()
+                started = time.perf_counter()
+                timed(arg)
+                rates[name].append(files / (time.perf_counter() - started))
+        return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def datasets(kind: str, count: int, offset: int = 0) -> list[Dataset]:
+    return [synthetic_dataset(_ROOT, offset + i, size=SIZES[kind]) for i in range(count)]
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def write_plain(directory: Path, items: list[Dataset]) -> None:
+    for i, ds in enumerate(items):
+        pydicom.dcmwrite(directory / f"{i}.dcm", ds, enforce_file_format=True)
+
+
+def write_staged(directory: Path, items: list[Dataset], durable: bool) -> None:
+    with Stager(directory, durable=durable) as stager:
+        for ds in items:
+            stager.stage(ds)
+
+
+def write_staged_many(directory: Path, items: list[Dataset], durable: bool) -> None:
+    with Stager(directory, durable=durable) as stager:
+        stager.stage_many(items)
+
+
+def _stage_worker(directory: str, items: list[Dataset], barrier: Any, out: Any) -> None:
+    barrier.wait()
+    started = time.monotonic()
+    write_staged_many(Path(directory), items, durable=True)
+    out.put((started, time.monotonic()))
+
+
+def stage_in_processes(bench: Bench, kind: str, files: int, procs: int) -> float:
+    ctx = multiprocessing.get_context("fork")
+    rates: list[float] = []
+    for run in range(bench.runs):
+        directory = bench.fresh(f"stage-{procs}p")
+        barrier, out = ctx.Barrier(procs), ctx.Queue()
+        share = files // procs
+        workers = [
+            ctx.Process(
+                target=_stage_worker,
+                args=(str(directory), datasets(kind, share, (run * procs + p) * share), barrier, out),
+            )
+            for p in range(procs)
+        ]
+        for w in workers:
+            w.start()
+        spans: list[tuple[float, float]] = [out.get() for _ in workers]
+        for w in workers:
+            w.join()
+        rates.append(share * procs / (max(e for _, e in spans) - min(s for s, _ in spans)))
+    return statistics.median(rates)
+
+
+# --- committing ------------------------------------------------------------------------
+
+
+def prepare_foreign(bench: Bench, items: list[Dataset]) -> tuple[Path, Path]:
+    """Files another tool wrote earlier: on disk already (synced before timing), no journal."""
+    staging = bench.fresh("staging")
+    write_plain(staging, items)
+    os.sync()
+    return staging, bench.root / f"{bench._dirs:04d}-archive"
+
+
+def prepare_staged(bench: Bench, items: list[Dataset]) -> tuple[Path, Path]:
+    """Files staged by Stager in its default, durable mode."""
+    staging = bench.fresh("staging")
+    write_staged_many(staging, items, durable=True)
+    return staging, bench.root / f"{bench._dirs:04d}-archive"
+
+
+def floor_link_unlink(dirs: tuple[Path, Path], targets: list[str]) -> None:
+    """The raw floor: link each file to a name known in advance, then unlink it."""
+    staging, archive = dirs
+    made: set[str] = set()
+    for i, rel in enumerate(targets):
+        parent = os.path.dirname(rel)
+        if parent not in made:
+            os.makedirs(archive / parent, exist_ok=True)
+            made.add(parent)
+        os.link(staging / f"{i}.dcm", archive / rel)
+        os.unlink(staging / f"{i}.dcm")
+
+
+def naive_commit(dirs: tuple[Path, Path]) -> None:
+    """What a careful script does: read each header, then link and unlink."""
+    staging, archive = dirs
+    template = parse_template(DEFAULT_TEMPLATE)
+    for name in sorted(os.listdir(staging)):
+        path = staging / name
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        target = archive / template.render(attrs_from_dataset(ds, template.keywords))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+        os.unlink(path)
+
+
+def our_commit(dirs: tuple[Path, Path]) -> None:
+    commit(dirs[0], dirs[1])
+
+
+def header_bytes_read(bench: Bench) -> list[dict[str, Any]]:
+    """Bytes read to name a foreign file, for a 0.5 MB and a 50 MB file (from /proc/self/io)."""
+    results = []
+    directory = bench.fresh("header-bytes")
+    for label, size in (("0.5 MB", 512), ("50 MB", 5120)):
+        path = directory / f"{size}.dcm"
+        pydicom.dcmwrite(path, synthetic_dataset(_ROOT, size, size=size), enforce_file_format=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            before = _rchar()
+            read_attrs(fd, parse_template(DEFAULT_TEMPLATE).keywords)
+            used = _rchar() - before
+        finally:
+            os.close(fd)
+        results.append({"file": label, "file_bytes": path.stat().st_size, "header_bytes_read": used})
+    return results
+
+
+def _rchar() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+# --- scale -----------------------------------------------------------------------------
+
+
+def _scaled_commit(staging: str, archive: str, out: Any) -> None:
+    """In a child process: commit, timing Manifest.add, and report peak RSS."""
+    spent = [0.0]
+    real_add = Manifest.add
+
+    def timed_add(self: Manifest, records: Any) -> None:
+        started = time.perf_counter()
+        real_add(self, records)
+        spent[0] += time.perf_counter() - started
+
+    Manifest.add = timed_add  # type: ignore[method-assign]
+    started = time.perf_counter()
+    report = commit(staging, archive)
+    elapsed = time.perf_counter() - started
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.put(
+        {"files": report.committed, "seconds": elapsed, "manifest_seconds": spent[0], "peak_rss_mb": peak_kib / 1024}
+    )
+
+
+def _stage_range(directory: str, start: int, count: int) -> None:
+    with Stager(directory, durable=False) as stager:
+        for i in range(start, start + count):
+            stager.stage(synthetic_dataset(_ROOT, i))
+
+
+def scaled(bench: Bench, counts: list[int]) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("fork")
+    results: list[dict[str, Any]] = []
+    for count in counts:
+        staging = bench.fresh(f"scale-{count}")
+        half = count // 2
+        stagers = [ctx.Process(target=_stage_range, args=(str(staging), 10_000_000 * len(results) + s * half, half))
+                   for s in range(2)]  # fmt: skip
+        for p in stagers:
+            p.start()
+        for p in stagers:
+            p.join()
+        out = ctx.Queue()
+        child = ctx.Process(
+            target=_scaled_commit, args=(str(staging), str(bench.root / f"{bench._dirs:04d}-arch"), out)
+        )
+        child.start()
+        results.append(out.get())
+        child.join()
+    return results
+
+
+def bench_kind(bench: Bench, kind: str, n: int) -> list[Row]:
+    """Writing and committing *n* files of one size, each against its baselines."""
+    rows = []
+    items = datasets(kind, n)
+    template = parse_template(DEFAULT_TEMPLATE)
+    targets = [template.render(attrs_from_dataset(ds, template.keywords)) for ds in items]
+    fresh = bench.fresh
+    w = bench.compare(n, {
+        "plain": (lambda: fresh("plain"), lambda d: write_plain(d, items)),
+        "stage-off": (lambda: fresh("stage"), lambda d: write_staged(d, items, False)),
+        "stage-on": (lambda: fresh("stage"), lambda d: write_staged(d, items, True)),
+        "many-off": (lambda: fresh("many"), lambda d: write_staged_many(d, items, False)),
+        "many-on": (lambda: fresh("many"), lambda d: write_staged_many(d, items, True)),
+    })  # fmt: skip
+    plain = w["plain"]
+    rows.append(Row("pydicom.dcmwrite", kind, n, plain))
+    for key, label, limit in (
+        ("stage-off", "Stager.stage (fsync off)", 1.05),
+        ("stage-on", "Stager.stage (fsync on)", 1.35),
+        ("many-off", "Stager.stage_many (fsync off)", 1.05),
+        ("many-on", "Stager.stage_many (fsync on)", 1.35),
+    ):
+        slowdown = plain / w[key]
+        rows.append(Row(label, kind, n, w[key], "pydicom.dcmwrite", slowdown, f"time <= {limit}x", slowdown <= limit))
+
+    c = bench.compare(n, {
+        "floor": (lambda: prepare_foreign(bench, items), lambda d: floor_link_unlink(d, targets)),
+        "naive": (lambda: prepare_foreign(bench, items), naive_commit),
+        "staged": (lambda: prepare_staged(bench, items), our_commit),
+        "foreign": (lambda: prepare_foreign(bench, items), our_commit),
+    })  # fmt: skip
+    floor, naive, staged, foreign = c["floor"], c["naive"], c["staged"], c["foreign"]
+    rows.append(Row("link+unlink floor", kind, n, floor))
+    rows.append(Row("naive dcmread commit", kind, n, naive, "link+unlink floor", naive / floor))
+    rows.append(Row("commit (staged files)", kind, n, staged, "link+unlink floor", staged / floor, ">= 0.25x",
+                    staged / floor >= 0.25))  # fmt: skip
+    rows.append(Row("commit (foreign files)", kind, n, foreign, "naive dcmread commit", foreign / naive, ">= 2x",
+                    foreign / naive >= 2))  # fmt: skip
+    return rows
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows: list[Row] = []
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="dicomcommit-bench-", dir=args.dir) as tmp:
+        bench = Bench(Path(tmp), args.runs)
+        for kind in args.kinds:
+            rows += bench_kind(bench, kind, args.files if kind == "tiny" else args.ct_files)
+        kind = args.kinds[0]
+        one = stage_in_processes(bench, kind, args.files, 1)
+        two = stage_in_processes(bench, kind, args.files, 2)
+        rows.append(Row("stage_many, 1 process", kind, args.files, one))
+        rows.append(Row("stage_many, 2 processes", kind, args.files, two, "stage_many, 1 process", two / one,
+                        ">= 1.8x", two / one >= 1.8))  # fmt: skip
+
+        extra["header_bytes"] = header_bytes_read(bench)
+        if args.scale:
+            small, large = scaled(bench, [args.scale // 10, args.scale])
+            extra["scale"] = {
+                "small": small,
+                "large": large,
+                "time_ratio": large["seconds"] / small["seconds"],
+                "time_ratio_ok": large["seconds"] / small["seconds"] <= 11,
+                "peak_rss_ok": large["peak_rss_mb"] < 200,
+                "manifest_share": large["manifest_seconds"] / large["seconds"],
+                "manifest_share_ok": large["manifest_seconds"] / large["seconds"] <= 0.10,
+            }
+        shutil.rmtree(tmp, ignore_errors=True)  # deleting is left to the very end
+    return {"runs": args.runs, "rows": [asdict(r) for r in rows], **extra}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"medians over {result['runs']} runs; ratios are against baselines measured in this run\n")
+    print(f"{'variant':<32} {'kind':<5} {'files':>6} {'files/s':>9}  {'ratio':>7}  {'vs':<22} {'target':<14} ok")
+    for r in result["rows"]:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        print(f"{r['name']:<32} {r['kind']:<5} {r['files']:>6} {r['rate']:>9,.0f}  {ratio:>7}  "
+              f"{r['baseline']:<22} {r['target']:<14} {ok}")  # fmt: skip
+    print("\nbytes read to name a foreign file (header only; hashing the content reads it all once more):")
+    for h in result["header_bytes"]:
+        print(f"  {h['file']:>7} file ({h['file_bytes']:,} bytes): {h['header_bytes_read']:,} bytes read")
+    if "scale" in result:
+        s = result["scale"]
+        print(
+            f"\nscale: {s['small']['files']:,} files in {s['small']['seconds']:.2f} s; "
+            f"{s['large']['files']:,} files in {s['large']['seconds']:.2f} s "
+            f"-> {s['time_ratio']:.2f}x time (target <= 11x: {'yes' if s['time_ratio_ok'] else 'NO'})"
+        )
+        rss_ok = "yes" if s["peak_rss_ok"] else "NO"
+        print(f"  peak RSS {s['large']['peak_rss_mb']:.0f} MB (target < 200 MB: {rss_ok}); "
+              f"manifest writes {s['manifest_share']:.1%} of commit time "
+              f"(target <= 10%: {'yes' if s['manifest_share_ok'] else 'NO'})")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few files, one run, tiny files only")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--runs", type=int, default=3, help="runs per variant [3]")
+    parser.add_argument("--files", type=int, default=2000, help="tiny files per run [2000]")
+    parser.add_argument("--ct-files", type=int, default=400, help="0.5 MB files per run [400]")
+    parser.add_argument("--scale", type=int, default=100_000, help="files for the scaling check, 0 to skip [100000]")
+    parser.add_argument("--dir", default=None, help="where to put the data [the system temp dir]")
+    parser.add_argument("--kinds", nargs="+", choices=sorted(SIZES), default=["tiny", "ct"], help="dataset sizes")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.files, args.ct_files, args.scale, args.kinds = 1, 40, 10, 400, ["tiny"]
+    result = run(args)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
