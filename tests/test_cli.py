@@ -48,7 +48,7 @@ def test_commit_exits_3_on_conflicts_and_review_lists_them(
     assert main(["commit", str(staging), str(archive), "--json"]) == 3
     report = json.loads(capsys.readouterr().out)
     assert (report["committed"], report["conflicts"], report["invalid"]) == (1, 1, 1)
-    assert len(report["files"]) == 3
+    assert [r["status"] for r in report["needs_review"]] == ["conflict", "invalid"]
 
     assert main(["review", str(archive), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

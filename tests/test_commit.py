@@ -20,6 +20,7 @@ from dicomcommit import (
     LockTimeout,
     Manifest,
     NoClobberUnsupported,
+    Record,
     Stager,
     TemplateError,
     UsageError,
@@ -33,6 +34,11 @@ MakeDs = Callable[..., Dataset]
 
 def _target(ds: Dataset) -> str:
     return f"{ds.PatientID}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+
+
+def _run_rows(archive: Path, run: str) -> list[Record]:
+    with Manifest(archive) as manifest:
+        return manifest.records(run=run)
 
 
 def test_commit_gives_each_staged_file_its_final_name(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
@@ -94,8 +100,9 @@ def test_on_conflict_suffix_commits_under_a_derived_name(dirs: tuple[Path, Path]
     assert (report.committed, report.conflicts) == (1, 0)
     derived = _target(make_ds(2)).removesuffix(".dcm") + f"~{other_sha[:12]}.dcm"
     assert archive_files(archive)[derived] == other_sha
-    assert report.records[0].path == derived
-    assert "derived" in report.records[0].detail
+    (row,) = _run_rows(archive, report.run)
+    assert row.path == derived
+    assert "derived" in row.detail
     Stager(staging).stage(make_ds(2, variant=1))  # the same reprocessed file again
     again = commit(staging, archive, on_conflict="suffix")
     assert (again.committed, again.duplicates) == (0, 1)
@@ -220,7 +227,7 @@ def test_rerun_after_a_crash_between_link_and_unlink_converges(dirs: tuple[Path,
     report = commit(staging, archive)
     assert report.committed == 1
     assert report.duplicates == 0
-    assert "interrupted" in report.records[0].detail
+    assert "interrupted" in _run_rows(archive, report.run)[0].detail
     assert staged_files(staging) == []
     # killed after the manifest transaction but before unlink: the staged name is back
     os.link(target, staged)

@@ -15,8 +15,9 @@ from dicomcommit import Manifest, Stager, commit
 from dicomcommit.demo import plan_jobs, synthetic_dataset
 from tests.conftest import ROOT, archive_files, sha256_of, staged_files
 
-STAGERS = 4
-FILES = 3000
+STAGERS = 8
+COMMITTERS = 3
+FILES = 10_000
 
 _fork = multiprocessing.get_context("fork")
 
@@ -50,33 +51,41 @@ def _scan(archive: Path, seen: dict[str, int]) -> None:
 
 
 @pytest.mark.slow
-def test_many_stagers_and_two_committers_lose_and_replace_nothing(tmp_path: Path) -> None:
+def test_eight_stagers_and_three_committers_lose_and_replace_nothing(tmp_path: Path) -> None:
     staging, archive = tmp_path / "staging", tmp_path / "archive"
     staging.mkdir()
-    jobs = plan_jobs(FILES, seed=7)
+    jobs = plan_jobs(FILES, seed=7, duplicates=0.05, conflicts=0.05)  # 10 % colliding, half identical
     queue: multiprocessing.Queue[list[str]] = _fork.Queue()
     stop_committers = _fork.Event()
     stagers = [_fork.Process(target=_stage, args=(str(staging), jobs[w::STAGERS], queue)) for w in range(STAGERS)]
     committers = [
-        _fork.Process(target=_keep_committing, args=(str(staging), str(archive), stop_committers)) for _ in range(2)
+        _fork.Process(target=_keep_committing, args=(str(staging), str(archive), stop_committers))
+        for _ in range(COMMITTERS)
     ]
     seen: dict[str, int] = {}
     stop_watch = threading.Event()
     for p in stagers + committers:
         p.start()
-    watcher = threading.Thread(target=_watch, args=(archive, seen, stop_watch))
+    watcher = threading.Thread(target=_watch, args=(archive, seen, stop_watch), daemon=True)
     watcher.start()
-    staged_names = [name for _ in stagers for name in queue.get(timeout=300)]
-    for p in stagers:
-        p.join(timeout=300)
-        assert p.exitcode == 0
-    stop_committers.set()
-    for p in committers:
-        p.join(timeout=300)
-        assert p.exitcode == 0
-    commit(staging, archive)  # whatever the committers had not reached
-    stop_watch.set()
-    watcher.join()
+    try:
+        staged_names = [name for _ in stagers for name in queue.get(timeout=300)]
+        for p in stagers:
+            p.join(timeout=300)
+            assert p.exitcode == 0
+        stop_committers.set()
+        for p in committers:
+            p.join(timeout=300)
+            assert p.exitcode == 0
+        commit(staging, archive)  # whatever the committers had not reached
+    finally:
+        stop_committers.set()
+        stop_watch.set()
+        watcher.join()
+        for p in stagers + committers:
+            p.join(timeout=60)
+            if p.exitcode is None:
+                p.kill()
     _scan(archive, seen)
 
     assert staged_files(staging) == []

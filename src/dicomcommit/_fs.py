@@ -7,9 +7,12 @@ with ``O_NOFOLLOW``, so a directory swapped for a symlink is refused rather than
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -116,6 +119,35 @@ def unlink_quietly(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syncfs: Callable[[int], int] = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    return syncfs
+
+
+_syncfs = _load_syncfs()
+
+
+def flush_files(dir_fd: int, names: list[str]) -> None:
+    """Make the bytes and metadata of the files *names* in *dir_fd* durable.
+
+    One ``syncfs(2)`` of their filesystem does it for a whole batch: fsync would issue a
+    device flush per file, which on some disks costs more than everything else commit does.
+    Where syncfs is missing (or fails), each file is fsynced.
+    """
+    if _syncfs is not None and _syncfs(dir_fd) == 0:
+        return
+    for name in names:
+        fd = open_read(name, dir_fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def copy_exclusive(src_fd: int, dst_dir_fd: int, *, durable: bool) -> str:
     """Copy the open file *src_fd* to a new uniquely named ``.part`` file in *dst_dir_fd*.
 
@@ -149,12 +181,17 @@ class DirTree:
     """Directories below *root*, opened without following symlinks and cached by path.
 
     Remembers which directories received or lost entries, so durable mode can fsync each
-    of them once per batch instead of once per file.
+    of them once per batch instead of once per file. At most *max_open* directories stay
+    open; the least recently used is closed first (after its fsync, if it was touched and
+    the tree is durable), so a batch spread over many series never runs out of fds.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, durable: bool = True, max_open: int = 256) -> None:
         self.root = root
-        self._fds: dict[tuple[str, ...], int] = {(): open_root(root)}
+        self.durable = durable
+        self._max_open = max_open
+        self._root_fd = open_root(root)
+        self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict({(): self._root_fd})
         self._touched: set[tuple[str, ...]] = set()
 
     def dir_fd(self, parts: tuple[str, ...], *, create: bool = True) -> int:
@@ -165,6 +202,7 @@ class DirTree:
         """
         fd = self._fds.get(parts)
         if fd is not None:
+            self._fds.move_to_end(parts)
             return fd
         parent = self.dir_fd(parts[:-1], create=create)
         name = parts[-1]
@@ -182,7 +220,18 @@ class DirTree:
         except OSError as exc:
             raise self._not_a_dir(parts, exc) from exc
         self._fds[parts] = fd
+        while len(self._fds) > self._max_open:
+            self._evict()
         return fd
+
+    def _evict(self) -> None:
+        parts, fd = next((p, f) for p, f in self._fds.items() if p)  # the oldest, never the root
+        if parts in self._touched:
+            if self.durable:
+                fsync_dir(fd)
+            self._touched.discard(parts)
+        del self._fds[parts]
+        os.close(fd)
 
     def _open_checked(self, name: str, parent: int, parts: tuple[str, ...]) -> int:
         try:

@@ -17,10 +17,11 @@ from typing import Any, NoReturn, TextIO
 
 from dicomcommit.committing import ON_CONFLICT_CHOICES, commit
 from dicomcommit.demo import run_demo
-from dicomcommit.display import print_summary, print_table
+from dicomcommit.display import print_recovery, print_summary, print_table
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
 from dicomcommit.manifest import STATUSES, Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE
+from dicomcommit.recovery import DEFAULT_PART_AGE, recover
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--status", choices=(*STATUSES, "all"), default="conflict", help="which rows [conflict]")
     r.add_argument("--json", action="store_true", help="print a JSON list of rows")
 
+    rc = sub.add_parser("recover", help="repair an archive (and its staging directory) after a crash")
+    rc.add_argument("archive", type=Path)
+    rc.add_argument("staging", type=Path, nargs="?", help="the staging directory, to finish and tidy too")
+    rc.add_argument("--check", action="store_true", help="only report (exit 3 when anything needs attention)")
+    rc.add_argument("--json", action="store_true", help="print the report as JSON")
+    rc.add_argument(
+        "--part-age",
+        type=float,
+        default=DEFAULT_PART_AGE,
+        metavar="SECONDS",
+        help=f"set aside .part files older than this that no process has open [{DEFAULT_PART_AGE:g}]",
+    )
+    rc.add_argument("--verify", action="store_true", help="also hash every recorded file against the manifest")
+    rc.add_argument("--template", default=DEFAULT_TEMPLATE, help="the template the interrupted commit used")
+
     d = sub.add_parser("demo", help="stage synthetic datasets from several processes, then commit them")
     d.add_argument("--workers", type=int, default=4, help="stager processes [4]")
     d.add_argument("--files", type=int, default=250, help="datasets each worker stages [250]")
@@ -63,11 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="dicomcommit: %(message)s", level=logging.WARNING)
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "commit":
-            return _commit(args)
-        if args.command == "review":
-            return _review(args)
-        return run_demo(args.staging, args.archive, workers=args.workers, files=args.files, out=sys.stdout)
+        handlers = {"commit": _commit, "review": _review, "recover": _recover, "demo": _demo}
+        return handlers[args.command](args)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     except DicomCommitError as exc:
@@ -76,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dicomcommit: interrupted; rerun the same command to finish (nothing was lost)", file=sys.stderr)
         return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run_demo(args.staging, args.archive, workers=args.workers, files=args.files, out=sys.stdout)
 
 
 def _commit(args: argparse.Namespace) -> int:
@@ -100,6 +117,17 @@ def _commit(args: argparse.Namespace) -> int:
     else:
         print_summary(report, args.archive, sys.stdout)
     return EXIT_ATTENTION if report.needs_review else EXIT_OK
+
+
+def _recover(args: argparse.Namespace) -> int:
+    report = recover(args.archive, args.staging, check=args.check, part_age=args.part_age, verify=args.verify,
+                     template=args.template)  # fmt: skip
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print_recovery(report, sys.stdout)
+    return EXIT_ATTENTION if report.needs_attention else EXIT_OK
 
 
 def _review(args: argparse.Namespace) -> int:

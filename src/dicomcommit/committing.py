@@ -24,13 +24,15 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
 from dicomcommit import _fs
+from dicomcommit._faults import point
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, LockTimeout, UsageError
 from dicomcommit.headers import NotDicom, hash_file, read_attrs
 from dicomcommit.journal import JournalIndex
@@ -47,6 +49,8 @@ ON_CONFLICT_CHOICES: tuple[OnConflict, ...] = ("record", "suffix", "error")
 DEFAULT_BATCH = 500
 
 Progress = Callable[[int, int], None]
+_REVIEW = frozenset({"conflict", "invalid"})
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -60,6 +64,8 @@ class CommitReport:
     skipped: int = 0  # unfinished .part files, symlinks and special files, left in staging
     run: str = ""
     dry_run: bool = False
+    #: The conflicts and invalid files of this run (in a dry run: every predicted outcome).
+    #: Every outcome is in the manifest: ``Manifest(archive).records(run=report.run)``.
     records: list[Record] = field(default_factory=list)
 
     @property
@@ -71,15 +77,17 @@ class CommitReport:
         """Add *record* to the counts and the list."""
         attr = {"committed": "committed", "duplicate": "duplicates", "conflict": "conflicts", "invalid": "invalid"}
         setattr(self, attr[record.status], getattr(self, attr[record.status]) + 1)
-        self.records.append(record)
+        if self.dry_run or record.status in _REVIEW:
+            self.records.append(record)
 
     def counts(self) -> dict[str, int]:
         """The counts as a dict."""
         return {k: getattr(self, k) for k in ("committed", "duplicates", "conflicts", "invalid", "skipped")}
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly summary, with one entry per recorded file."""
-        return {"run": self.run, "dry_run": self.dry_run, **self.counts(), "files": [r.to_dict() for r in self.records]}
+        """A JSON-friendly summary: the counts, and the records that need review."""
+        key = "planned" if self.dry_run else "needs_review"
+        return {"run": self.run, "dry_run": self.dry_run, **self.counts(), key: [r.to_dict() for r in self.records]}
 
 
 def commit(
@@ -123,16 +131,33 @@ def commit(
     parsed = parse_template(template, allow_collisions=allow_collisions)
     staging, archive = _check_dirs(Path(staging_dir), Path(archive_dir))
     scan = scan_staging(staging)
-    report = CommitReport(run=_new_run_id(), dry_run=dry_run, skipped=len(scan.skipped))
+    report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped))
     for name, reason in scan.skipped:
         log.warning("left in staging: %s (%s)", staging / name, reason)
     if dry_run:
         plan(staging, archive, scan.files, parsed, report)
         return report
-    _Committer(staging, archive, parsed, on_conflict=on_conflict, durable=durable, report=report).run(
-        scan.files, batch_size, lock_timeout, progress
-    )
+    commit_names(staging, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable,
+                 batch_size=batch_size, lock_timeout=lock_timeout, progress=progress)  # fmt: skip
     return report
+
+
+def commit_names(
+    staging: Path,
+    archive: Path,
+    names: list[str],
+    template: Template,
+    report: CommitReport,
+    *,
+    on_conflict: OnConflict = "record",
+    durable: bool = True,
+    batch_size: int = DEFAULT_BATCH,
+    lock_timeout: float | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Commit the staged files *names* (relative to *staging*), adding to *report*."""
+    committer = _Committer(staging, archive, template, on_conflict=on_conflict, durable=durable, report=report)
+    committer.run(names, batch_size, lock_timeout, progress)
 
 
 def _check_dirs(staging: Path, archive: Path) -> tuple[Path, Path]:
@@ -146,7 +171,8 @@ def _check_dirs(staging: Path, archive: Path) -> tuple[Path, Path]:
     return staging, archive
 
 
-def _new_run_id() -> str:
+def new_run_id() -> str:
+    """A run id: UTC time, then 6 random hex digits."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + os.urandom(3).hex()
 
 
@@ -158,6 +184,8 @@ class _Staged:
     size: int
     sha256: str = ""
     attrs: Attrs = field(default_factory=dict)
+    unsynced: bool = False  # its bytes may not be durable yet
+    invalid: str | None = None  # why it is not DICOM we can name
     fd: int | None = None
 
 
@@ -185,26 +213,35 @@ class _Committer:
         lock = FileLock(state / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
         with Manifest(self.archive, create=True, durable=self.durable) as manifest:
             manifest.start_run(self.report.run, staging=str(self.staging), template=self.template.text)
-            for start in range(0, len(names), batch_size):
-                with _Locked(lock):
-                    self._batch(names[start : start + batch_size], manifest)
-                if progress is not None:
-                    progress(min(start + batch_size, len(names)), len(names))
-            with _Locked(lock):
-                self.journal.refresh()
-                self.journal.prune()
+            try:
+                for start in range(0, len(names), batch_size):
+                    with Locked(lock):
+                        self._batch(names[start : start + batch_size], manifest)
+                    if progress is not None:
+                        progress(min(start + batch_size, len(names)), len(names))
+                with Locked(lock):
+                    self.journal.refresh()
+                    self.journal.prune()
+            finally:
+                self.journal.close()
             manifest.finish_run(self.report.run, self.report.counts())
 
     def _batch(self, names: list[str], manifest: Manifest) -> None:
         self.journal.refresh()
-        self.tree = _fs.DirTree(self.archive)
+        self.tree = _fs.DirTree(self.archive, durable=self.durable)
         self.staging_fd = _fs.open_root(self.staging)
         done: list[tuple[Record, str]] = []
         try:
-            for name in names:
-                outcome = self._one(name)
-                if outcome is not None:
-                    done.append(outcome)
+            described = (self._guarded(name, partial(self._describe, name)) for name in names)
+            batch = [staged for staged in described if staged is not None]
+            unsynced = [staged.name for staged in batch if staged.unsynced]
+            if self.durable and unsynced:
+                # Bytes first, names after: a name must never point at data a power cut can lose.
+                _fs.flush_files(self.staging_fd, unsynced)
+            for staged in batch:
+                record = self._guarded(staged.name, partial(self._outcome, staged))
+                if record is not None:
+                    done.append((record, staged.name))
         finally:
             # Whatever happened, what was linked gets recorded before any staged file goes.
             try:
@@ -216,57 +253,65 @@ class _Committer:
     def _finish(self, done: list[tuple[Record, str]], manifest: Manifest) -> None:
         if self.durable:
             self.tree.fsync_touched()
+        point("commit:before-manifest")
         manifest.add(record for record, _ in done)
+        point("commit:after-manifest")
         for record, name in done:
             _fs.unlink_quietly(self.staging_fd, name)
+            point("commit:after-unlink")
             self.report.count(record)
 
-    def _one(self, name: str) -> tuple[Record, str] | None:
+    def _guarded(self, name: str, step: Callable[[], _T]) -> _T:
+        """Run *step* for the staged file *name*, turning OS errors into a CommitError naming it."""
         try:
-            st = os.stat(name, dir_fd=self.staging_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None  # another committer took it
-        except OSError as exc:
-            raise CommitError(f"cannot stat staged file ({exc.strerror})", self.staging / name, exc) from exc
-        if not stat.S_ISREG(st.st_mode):
-            return None  # swapped for something else since the scan; left in place
-        staged = _Staged(name, st.st_size)
-        try:
-            set_aside = self._describe(staged)
-            return (set_aside or self._place(staged)), name
+            return step()
         except DicomCommitError:
             raise
         except OSError as exc:
             raise CommitError(f"cannot commit staged file ({exc.strerror})", self.staging / name, exc) from exc
+
+    def _outcome(self, staged: _Staged) -> Record:
+        try:
+            if staged.invalid is not None:
+                return self._set_aside(staged, staged.invalid)
+            return self._place(staged)
         finally:
-            if staged.fd is not None:
-                os.close(staged.fd)
+            self._close(staged)
 
     def _open(self, staged: _Staged) -> int:
         if staged.fd is None:
             staged.fd = _fs.open_read(staged.name, self.staging_fd)
         return staged.fd
 
-    def _describe(self, staged: _Staged) -> Record | None:
-        """Fill in hash and attributes: from the journal (fast path), else from the file.
+    def _close(self, staged: _Staged) -> None:
+        if staged.fd is not None:
+            os.close(staged.fd)
+            staged.fd = None
 
-        Returns the record of a file set aside as invalid.
-        """
-        record = self.journal.get(staged.name)
-        if record is not None and record.size == staged.size and all(k in record.attrs for k in self.template.keywords):
-            staged.sha256, staged.attrs = record.sha256, record.attrs
-            if self.durable and not record.durable:
-                os.fsync(self._open(staged))
-            return None
-        fd = self._open(staged)
-        if self.durable:
-            os.fsync(fd)  # a foreign writer may not have made its bytes durable
-        staged.sha256, staged.size = hash_file(fd)
+    def _describe(self, name: str) -> _Staged | None:
+        """Size, hash and attributes: from the journal (fast path), else from the file."""
         try:
-            staged.attrs = read_attrs(fd, self.template.keywords)
-        except NotDicom as exc:
-            return self._set_aside(staged, str(exc))
-        return None
+            st = os.stat(name, dir_fd=self.staging_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # another committer took it
+        if not stat.S_ISREG(st.st_mode):
+            return None  # swapped for something else since the scan; left in place
+        staged = _Staged(name, st.st_size)
+        record = self.journal.get(name)
+        if record is not None and record.size == st.st_size and all(k in record.attrs for k in self.template.keywords):
+            staged.sha256, staged.attrs, staged.unsynced = record.sha256, record.attrs, not record.durable
+            return staged
+        try:
+            fd = self._open(staged)
+            staged.sha256, staged.size = hash_file(fd)
+            staged.unsynced = True  # a foreign writer may not have made its bytes durable
+            try:
+                staged.attrs = read_attrs(fd, self.template.keywords)
+            except NotDicom as exc:
+                staged.invalid = str(exc)
+        finally:
+            self._close(staged)  # a batch keeps no fds open; EXDEV copies reopen
+        return staged
 
     def _place(self, staged: _Staged) -> Record:
         target = self.template.render(staged.attrs)
@@ -330,6 +375,7 @@ class _Committer:
             placed = self._copy_then_link(staged, dst_fd, fname, where)
         if placed is _fs.Placed.CREATED:
             self.tree.touch(dirs)
+            point("commit:after-link")
         return placed
 
     def _copy_then_link(self, staged: _Staged, dst_fd: int, fname: str, where: str) -> _fs.Placed:
@@ -373,7 +419,7 @@ class _Committer:
         )
 
 
-class _Locked:
+class Locked:
     """The archive lock as a context manager that raises our LockTimeout."""
 
     def __init__(self, lock: FileLock) -> None:

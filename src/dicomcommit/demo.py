@@ -57,15 +57,17 @@ def synthetic_dataset(root: str, index: int, variant: int = 0, *, size: int = RO
     return ds
 
 
-def plan_jobs(total: int, seed: int = 0) -> list[tuple[int, int]]:
-    """(index, variant) pairs: *total* stage operations, some duplicates, some conflicts."""
-    duplicates = int(total * _DUPLICATE_SHARE)
-    conflicts = int(total * _CONFLICT_SHARE)
+def plan_jobs(
+    total: int, seed: int = 0, *, duplicates: float = _DUPLICATE_SHARE, conflicts: float = _CONFLICT_SHARE
+) -> list[tuple[int, int]]:
+    """(index, variant) pairs: *total* stage operations, a share of them staging an instance
+    a second time, identically (*duplicates*) or with other content (*conflicts*)."""
+    duplicates, conflicts = int(total * duplicates), int(total * conflicts)
     unique = total - duplicates - conflicts
     jobs = [(i, 0) for i in range(unique)]
     jobs += [(i, 0) for i in range(duplicates)]
     jobs += [(duplicates + i, 1) for i in range(conflicts)]  # instances not already duplicated
-    random.Random(seed).shuffle(jobs)  # noqa: S311 -- a reproducible shuffle, not a secret
+    random.Random(seed).shuffle(jobs)
     return jobs
 
 

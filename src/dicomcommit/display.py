@@ -7,6 +7,7 @@ from typing import TextIO
 
 from dicomcommit.committing import CommitReport
 from dicomcommit.manifest import Record
+from dicomcommit.recovery import RecoverReport
 
 
 def print_summary(report: CommitReport, archive: Path, out: TextIO) -> None:
@@ -40,3 +41,23 @@ def _short(text: str, width: int) -> str:
         return text
     half = (width - 1) // 2
     return f"{text[:half]}…{text[-(width - 1 - half) :]}"
+
+
+def print_recovery(report: RecoverReport, out: TextIO) -> None:
+    """Print what recover found or did; missing and mismatched bytes first and loudly."""
+    for label, items in (("MISSING", report.missing), ("MISMATCHED", report.mismatched)):
+        for item in items:
+            print(f"{label}: {item}", file=out)
+    verb = "would be" if report.check else "were"
+    lines = (
+        (report.finished, f"staged files already linked to their target {verb} finished as committed"),
+        (report.parts_moved, f"abandoned .part files {verb} set aside as invalid"),
+        (report.parts_left, ".part files are young or still open: left alone"),
+        (report.tmp_removed, f"leftover temp copies {verb} removed"),
+        (report.rows_added, f"archive files with no manifest row {verb} recorded"),
+    )
+    for items, text in lines:
+        if items:
+            print(f"{len(items):>7} {text}", file=out)
+    if not report.needs_attention and not any(items for items, _ in lines):
+        print("consistent: nothing to recover", file=out)

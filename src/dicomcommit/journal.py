@@ -107,14 +107,19 @@ class JournalWriter:
 
 
 class JournalIndex:
-    """Reads every journal of a staging directory, incrementally."""
+    """Reads every journal of a staging directory, incrementally.
+
+    Keeps where each record is (journal, offset, length), not the record itself, so memory
+    stays small for hundreds of thousands of staged files; :meth:`get` reads the line back.
+    """
 
     def __init__(self, staging: Path) -> None:
         self._dir = journal_dir(staging)
         self._staging = staging
-        self._records: dict[str, bytes] = {}
+        self._where: dict[str, tuple[str, int, int]] = {}
         self._offsets: dict[str, int] = {}
         self._names: dict[str, list[str]] = {}
+        self._fds: dict[str, int] = {}
 
     def refresh(self) -> None:
         """Read the complete lines appended to any journal since the last refresh."""
@@ -128,26 +133,33 @@ class JournalIndex:
     def _read_new(self, journal: str) -> None:
         offset = self._offsets.get(journal, 0)
         try:
-            with open(self._dir / journal, "rb") as f:
-                f.seek(offset)
-                data = f.read()
+            fd = self._fds.get(journal)
+            if fd is None:
+                fd = self._fds[journal] = os.open(self._dir / journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return
+        data = b""
+        while chunk := os.pread(fd, 1 << 20, offset + len(data)):
+            data += chunk
         end = data.rfind(b"\n") + 1  # a line still being written is read next time
         names = self._names.setdefault(journal, [])
-        for line in data[:end].splitlines():
-            name = _peek_name(line)
+        start = 0
+        while start < end:
+            stop = data.index(b"\n", start)
+            name = _peek_name(data[start:stop])
             if name is not None:
-                self._records[name] = line
+                self._where[name] = (journal, offset + start, stop - start)
                 names.append(name)
+            start = stop + 1
         self._offsets[journal] = offset + end
 
     def get(self, name: str) -> StagedRecord | None:
         """The record for the staged file *name*, if a journal has one."""
-        line = self._records.get(name)
-        if line is None:
+        where = self._where.get(name)
+        if where is None:
             return None
-        record = StagedRecord.from_line(line)
+        journal, offset, length = where
+        record = StagedRecord.from_line(os.pread(self._fds[journal], length, offset))
         return record if record is not None and record.name == name else None
 
     def prune(self) -> None:
@@ -173,8 +185,15 @@ class JournalIndex:
             finally:
                 os.close(fd)
             for name in names:
-                self._records.pop(name, None)
+                self._where.pop(name, None)
             del self._names[journal], self._offsets[journal]
+            os.close(self._fds.pop(journal))
+
+    def close(self) -> None:
+        """Close the journals this index has open."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 _NAME_PREFIX = b'{"name":"'

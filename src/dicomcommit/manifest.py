@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dicomcommit._faults import point
 from dicomcommit.errors import ManifestError
 from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
 from dicomcommit.naming import Attrs
@@ -118,6 +119,7 @@ class Manifest:
         ]  # fmt: skip
         with self.transaction():
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            point("commit:in-manifest")
 
     def start_run(self, run: str, *, staging: str, template: str) -> None:
         """Record the start of a commit run."""

@@ -24,6 +24,15 @@ def plan(staging: Path, archive: Path, names: list[str], template: Template, rep
     """Fill *report* with the outcome each staged file would have."""
     journal = JournalIndex(staging)
     journal.refresh()
+    try:
+        _plan(staging, archive, names, template, report=report, journal=journal)
+    finally:
+        journal.close()
+
+
+def _plan(
+    staging: Path, archive: Path, names: list[str], template: Template, *, report: CommitReport, journal: JournalIndex
+) -> None:
     planned: dict[str, str] = {}  # target -> sha256, for collisions inside this run
     kept: set[str] = set()  # sha256 of conflicts this run would keep
     for name in names:

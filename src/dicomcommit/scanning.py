@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,19 +35,29 @@ def scan_staging(staging: Path) -> Scan:
 
 
 def _walk(directory: Path, prefix: str, scan: Scan) -> None:
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            rel = prefix + entry.name
-            if entry.is_symlink():
-                scan.skipped.append((rel, "symlink, not followed"))
-            elif entry.is_dir(follow_symlinks=False):
-                _walk(Path(entry.path), rel + "/", scan)
-            elif not entry.is_file(follow_symlinks=False):
-                scan.skipped.append((rel, "not a regular file"))
-            elif entry.name.endswith(PART_SUFFIX):
-                scan.skipped.append((rel, "unfinished stage (.part)"))
-            else:
-                scan.files.append(rel)
-                scan.mtimes[rel] = entry.stat(follow_symlinks=False).st_mtime_ns
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return  # a folder removed while we walk (by its tool, or an ingest --move)
+    for entry in entries:
+        # Another committer may take any file between the listing and a look at it.
+        with contextlib.suppress(FileNotFoundError):
+            _look_at(entry, prefix, scan)
+
+
+def _look_at(entry: os.DirEntry[str], prefix: str, scan: Scan) -> None:
+    if entry.name.startswith("."):
+        return
+    rel = prefix + entry.name
+    if entry.is_symlink():
+        scan.skipped.append((rel, "symlink, not followed"))
+    elif entry.is_dir(follow_symlinks=False):
+        _walk(Path(entry.path), rel + "/", scan)
+    elif not entry.is_file(follow_symlinks=False):
+        scan.skipped.append((rel, "not a regular file"))
+    elif entry.name.endswith(PART_SUFFIX):
+        scan.skipped.append((rel, "unfinished stage (.part)"))
+    else:
+        mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+        scan.files.append(rel)
+        scan.mtimes[rel] = mtime

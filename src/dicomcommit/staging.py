@@ -18,6 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from dicomcommit import _fs
+from dicomcommit._faults import point
 from dicomcommit.errors import StageError, UsageError
 from dicomcommit.journal import JournalWriter, StagedRecord
 from dicomcommit.naming import COMMON_KEYWORDS, attrs_from_dataset
@@ -172,9 +173,12 @@ class Stager:
         part = prepared.name + PART_SUFFIX
         try:
             _fs.write_exclusive(dir_fd, part, prepared.data, durable=self.durable)
+            point("stage:after-write")
             # The record goes first: a staged file then always has one, unless the line is lost.
             self._journal.append(prepared.record)
+            point("stage:after-journal")
             os.rename(part, prepared.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # a fresh name: nothing to clobber
+            point("stage:after-rename")
         except OSError as exc:
             _fs.unlink_quietly(dir_fd, part)
             raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / part, exc) from exc

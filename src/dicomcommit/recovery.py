@@ -1,0 +1,254 @@
+"""Recover: bring an archive (and its staging directory) back to a consistent state.
+
+After a crash anywhere, rerunning commit already converges. ``recover`` also:
+
+- finishes staged files that a killed commit had linked to their target (same inode);
+- moves ``.part`` files aside, and records them, when they are older than a threshold and
+  no live process has them open; younger or open ones are reported and left alone;
+- removes dicomcommit's own leftover temp copies (``.dicomcommit/tmp/``);
+- adds manifest rows for archive files that have none (the filesystem is the truth);
+- reports, loudly and without "fixing" them, rows whose bytes are missing or differ.
+
+The lock is never deleted: a lock held by a dead process is released by the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from dicomcommit import _fs
+from dicomcommit.committing import CommitReport, Locked, commit_names, new_run_id
+from dicomcommit.errors import UsageError
+from dicomcommit.headers import hash_file
+from dicomcommit.layout import INVALID_DIR, LOCK_NAME, STATE_DIR, TMP_DIR
+from dicomcommit.manifest import Manifest, Record, now
+from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
+from dicomcommit.staging import PART_SUFFIX
+
+DEFAULT_PART_AGE = 3600.0
+
+
+@dataclass
+class RecoverReport:
+    """What recover found, and (unless ``check``) what it did."""
+
+    check: bool = False
+    finished: list[str] = field(default_factory=list)  # staged files completed as committed
+    parts_moved: list[str] = field(default_factory=list)  # abandoned .part files, set aside
+    parts_left: list[str] = field(default_factory=list)  # young or still open .part files
+    tmp_removed: list[str] = field(default_factory=list)  # our own leftover temp copies
+    rows_added: list[str] = field(default_factory=list)  # archive files that had no row
+    missing: list[str] = field(default_factory=list)  # rows whose bytes are gone
+    mismatched: list[str] = field(default_factory=list)  # rows whose bytes differ in size or hash
+
+    @property
+    def needs_attention(self) -> bool:
+        """Check mode: anything to repair or report. Repair mode: anything it could not repair."""
+        if self.missing or self.mismatched:
+            return True
+        return self.check and bool(self.finished or self.parts_moved or self.tmp_removed or self.rows_added)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form."""
+        return {**self.__dict__, "needs_attention": self.needs_attention}
+
+
+def recover(
+    archive_dir: str | os.PathLike[str],
+    staging_dir: str | os.PathLike[str] | None = None,
+    *,
+    check: bool = False,
+    part_age: float = DEFAULT_PART_AGE,
+    verify: bool = False,
+    template: str = DEFAULT_TEMPLATE,
+    lock_timeout: float | None = None,
+) -> RecoverReport:
+    """Reconcile *archive_dir* (and *staging_dir*) after a crash; see the module docstring.
+
+    Args:
+        check: only report what would be done; change nothing.
+        part_age: seconds after which a ``.part`` file no process has open is abandoned.
+        verify: also hash every committed file against the manifest (reads the whole archive).
+        template: the template the interrupted commits used (for finishing linked files).
+
+    Raises:
+        UsageError: a directory does not exist.
+        LockTimeout: the archive lock was not acquired in *lock_timeout* seconds.
+    """
+    archive = Path(archive_dir)
+    staging = None if staging_dir is None else Path(staging_dir)
+    if not archive.is_dir():
+        raise UsageError(f"archive {archive} does not exist or is not a directory")
+    if staging is not None and not staging.is_dir():
+        raise UsageError(f"staging directory {staging} does not exist or is not a directory")
+    report = RecoverReport(check=check)
+    (archive / STATE_DIR).mkdir(exist_ok=True)
+    lock = FileLock(archive / STATE_DIR / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
+    with Manifest(archive, create=True) as manifest:
+        if staging is not None:
+            _finish_linked(staging, archive, template, check, report)
+        with Locked(lock):
+            if staging is not None:
+                _abandoned_parts(staging, archive, manifest, part_age=part_age, check=check, report=report)
+            _temp_copies(archive, check, report)
+            _reconcile(archive, manifest, verify, check, report)
+    return report
+
+
+def _finish_linked(staging: Path, archive: Path, template: str, check: bool, report: RecoverReport) -> None:
+    """Staged files with a second link: a commit was killed between link and unlink."""
+    linked = []
+    for entry in os.scandir(staging):
+        staged = entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
+        with contextlib.suppress(FileNotFoundError):  # a running commit may take it meanwhile
+            if staged and not entry.name.endswith(PART_SUFFIX) and entry.stat(follow_symlinks=False).st_nlink > 1:
+                linked.append(entry.name)
+    report.finished = sorted(linked)
+    if linked and not check:
+        commit_names(staging, archive, report.finished, parse_template(template, allow_collisions=True),
+                     CommitReport(run=new_run_id()))  # fmt: skip
+
+
+def _abandoned_parts(
+    staging: Path, archive: Path, manifest: Manifest, *, part_age: float, check: bool, report: RecoverReport
+) -> None:
+    open_inodes = _open_inodes()
+    cutoff = time.time() - part_age
+    staging_fd = _fs.open_root(staging)
+    tree = _fs.DirTree(archive)
+    records = []
+    try:
+        for entry in sorted(os.scandir(staging), key=lambda e: e.name):
+            if not entry.name.endswith(PART_SUFFIX) or not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if st.st_mtime > cutoff or (st.st_dev, st.st_ino) in open_inodes:
+                report.parts_left.append(entry.name)
+                continue
+            report.parts_moved.append(entry.name)
+            if not check:
+                records.append(_set_aside_part(staging_fd, entry.name, tree))
+        tree.fsync_touched()
+        manifest.add(records)
+        for record in records:
+            _fs.unlink_quietly(staging_fd, record.source)
+    finally:
+        tree.close()
+        os.close(staging_fd)
+
+
+def _set_aside_part(staging_fd: int, name: str, tree: _fs.DirTree) -> Record:
+    fd = _fs.open_read(name, staging_fd)
+    try:
+        sha256, size = hash_file(fd)
+        dst_fd = tree.dir_fd(INVALID_DIR)
+        where = "/".join((*INVALID_DIR, sha256))
+        try:
+            _fs.link_noclobber(staging_fd, name, dst_fd, sha256, where=where)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # across filesystems: copy onto the archive's, then link
+                raise
+            tmp = _fs.copy_exclusive(fd, tree.dir_fd(TMP_DIR), durable=True)
+            try:
+                _fs.link_noclobber(tree.dir_fd(TMP_DIR), tmp, dst_fd, sha256, where=where)
+            finally:
+                _fs.unlink_quietly(tree.dir_fd(TMP_DIR), tmp)
+        tree.touch(INVALID_DIR)
+    finally:
+        os.close(fd)
+    detail = "unfinished stage (.part) abandoned by a writer that is gone; set aside by recover"
+    return Record("invalid", None, where, name, size, sha256, run="recover", time=now(), detail=detail)
+
+
+def _open_inodes() -> set[tuple[int, int]]:
+    """(device, inode) of every file any process has open (Linux /proc; empty elsewhere)."""
+    found: set[tuple[int, int]] = set()
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except FileNotFoundError:
+        return found
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            found.add((st.st_dev, st.st_ino))
+    return found
+
+
+def _temp_copies(archive: Path, check: bool, report: RecoverReport) -> None:
+    """Copies made across filesystems live only inside a locked batch: any left are ours to remove."""
+    tmp = archive.joinpath(*TMP_DIR)
+    if not tmp.is_dir():
+        return
+    for path in sorted(tmp.iterdir()):
+        report.tmp_removed.append(path.name)
+        if not check:
+            path.unlink()
+
+
+def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, report: RecoverReport) -> None:
+    """The filesystem is the truth: rows for unrecorded files; loud reports for missing bytes."""
+    by_path: dict[str, Record] = {}
+    for record in manifest.records():
+        if record.status == "duplicate":
+            continue  # its bytes are another row's
+        by_path.setdefault(record.path, record)
+        _check_bytes(archive, record, verify, report)
+    added = []
+    for rel in _archive_files(archive):
+        if rel in by_path:
+            continue
+        report.rows_added.append(rel)
+        if not check:
+            fd = os.open(archive / rel, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                sha256, size = hash_file(fd)
+            finally:
+                os.close(fd)
+            detail = "in the archive with no manifest row; recorded by recover"
+            added.append(Record("committed", rel, rel, f"archive:{rel}", size, sha256, run="recover", time=now(),
+                                detail=detail))  # fmt: skip
+    manifest.add(added)
+
+
+def _check_bytes(archive: Path, record: Record, verify: bool, report: RecoverReport) -> None:
+    try:
+        st = os.stat(archive / record.path, follow_symlinks=False)
+    except FileNotFoundError:
+        report.missing.append(f"#{record.id} {record.status} {record.path}")
+        return
+    if st.st_size != record.size:
+        report.mismatched.append(f"#{record.id} {record.path}: {st.st_size} bytes, the manifest says {record.size}")
+    elif verify:
+        fd = os.open(archive / record.path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            sha256, _ = hash_file(fd)
+        finally:
+            os.close(fd)
+        if sha256 != record.sha256:
+            report.mismatched.append(f"#{record.id} {record.path}: sha256 {sha256}, the manifest says {record.sha256}")
+
+
+def _archive_files(archive: Path) -> list[str]:
+    files = []
+    for directory, dirs, names in os.walk(archive):
+        rel_dir = os.path.relpath(directory, archive)
+        if rel_dir == ".":
+            dirs[:] = [d for d in dirs if d != STATE_DIR]
+            rel_dir = ""
+        files += [f"{rel_dir}/{n}" if rel_dir else n for n in names]
+    return sorted(files)
