@@ -124,12 +124,37 @@ def commit(
         LockTimeout: the archive lock was not acquired in *lock_timeout* seconds.
         CommitError: an OS error on a named file; that file is still staged.
     """
+    try:
+        return _commit(
+            Path(staging_dir), Path(archive_dir), template=template, on_conflict=on_conflict, durable=durable,
+            dry_run=dry_run, allow_collisions=allow_collisions, batch_size=batch_size, lock_timeout=lock_timeout,
+            progress=progress,
+        )  # fmt: skip
+    except DicomCommitError:
+        raise
+    except OSError as exc:  # the last net: every OS error leaves commit named, as a CommitError
+        raise CommitError(f"commit failed ({exc.strerror})", exc.filename or staging_dir, exc) from exc
+
+
+def _commit(
+    staging_dir: Path,
+    archive_dir: Path,
+    *,
+    template: str,
+    on_conflict: OnConflict,
+    durable: bool,
+    dry_run: bool,
+    allow_collisions: bool,
+    batch_size: int,
+    lock_timeout: float | None,
+    progress: Progress | None,
+) -> CommitReport:
     if on_conflict not in ON_CONFLICT_CHOICES:
         raise UsageError(f"on_conflict must be one of {', '.join(ON_CONFLICT_CHOICES)}, not {on_conflict!r}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}")
     parsed = parse_template(template, allow_collisions=allow_collisions)
-    staging, archive = _check_dirs(Path(staging_dir), Path(archive_dir))
+    staging, archive = _check_dirs(staging_dir, archive_dir)
     scan = scan_staging(staging)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped))
     for name, reason in scan.skipped:
@@ -171,6 +196,30 @@ def _check_dirs(staging: Path, archive: Path) -> tuple[Path, Path]:
     return staging, archive
 
 
+def make_state_dir(archive: Path) -> Path:
+    """Create ``ARCHIVE/.dicomcommit`` if needed; refuse it if it is not a real directory.
+
+    Raises:
+        CommitError: it cannot be created, or it is a symlink or a file (the manifest and
+            the lock would then be written wherever it points).
+    """
+    state = archive / STATE_DIR
+    if archive.is_dir() and os.statvfs(archive).f_flag & os.ST_RDONLY:
+        raise CommitError(
+            f"the archive is on a read-only filesystem ({os.strerror(errno.EROFS)})", archive, OSError(errno.EROFS, "")
+        )
+    try:
+        archive.mkdir(parents=True, exist_ok=True)
+        os.mkdir(state, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise CommitError(f"cannot create the archive's state directory ({exc.strerror})", state, exc) from exc
+    if not stat.S_ISDIR(os.lstat(state).st_mode):
+        raise CommitError("not a real directory (a symlink or a file); refusing to write through it", state)
+    return state
+
+
 def new_run_id() -> str:
     """A run id: UTC time, then 6 random hex digits."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + os.urandom(3).hex()
@@ -205,11 +254,7 @@ class _Committer:
         self.journal = JournalIndex(staging)
 
     def run(self, names: list[str], batch_size: int, lock_timeout: float | None, progress: Progress | None) -> None:
-        state = self.archive / STATE_DIR
-        try:
-            state.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CommitError(f"cannot create the archive's state directory ({exc.strerror})", state, exc) from exc
+        state = make_state_dir(self.archive)
         lock = FileLock(state / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
         with Manifest(self.archive, create=True, durable=self.durable) as manifest:
             manifest.start_run(self.report.run, staging=str(self.staging), template=self.template.text)
@@ -252,14 +297,23 @@ class _Committer:
 
     def _finish(self, done: list[tuple[Record, str]], manifest: Manifest) -> None:
         if self.durable:
-            self.tree.fsync_touched()
+            try:
+                self.tree.fsync_touched()
+            except OSError as exc:
+                raise CommitError(
+                    f"cannot fsync the archive ({exc.strerror}); nothing recorded", self.archive, exc
+                ) from exc
         point("commit:before-manifest")
         manifest.add(record for record, _ in done)
         point("commit:after-manifest")
         for record, name in done:
-            _fs.unlink_quietly(self.staging_fd, name)
-            point("commit:after-unlink")
             self.report.count(record)
+            try:
+                _fs.unlink_quietly(self.staging_fd, name)
+            except OSError as exc:  # recorded already: a rerun finds it linked and removes it
+                msg = f"committed and recorded, but not removed from staging ({exc.strerror}); rerun commit"
+                raise CommitError(msg, self.staging / name, exc) from exc
+            point("commit:after-unlink")
 
     def _guarded(self, name: str, step: Callable[[], _T]) -> _T:
         """Run *step* for the staged file *name*, turning OS errors into a CommitError naming it."""
@@ -430,6 +484,8 @@ class Locked:
             self._lock.acquire()
         except FileLockTimeout as exc:
             raise LockTimeout(str(self._lock.lock_file), float(self._lock.timeout)) from exc
+        except OSError as exc:  # a symlink planted at the lock path (never followed), permissions...
+            raise CommitError(f"cannot take the archive lock ({exc.strerror})", self._lock.lock_file, exc) from exc
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()

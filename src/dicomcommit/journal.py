@@ -124,7 +124,8 @@ class JournalIndex:
     def refresh(self) -> None:
         """Read the complete lines appended to any journal since the last refresh."""
         try:
-            entries = [e.name for e in os.scandir(self._dir) if e.name.endswith(_SUFFIX)]
+            with os.scandir(self._dir) as listing:
+                entries = [e.name for e in listing if e.name.endswith(_SUFFIX)]
         except FileNotFoundError:
             return
         for journal in entries:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from dicomcommit._faults import point
 from dicomcommit.errors import ManifestError
@@ -97,11 +98,18 @@ class Manifest:
 
     def __init__(self, archive_dir: str | os.PathLike[str], *, create: bool = False, durable: bool = True) -> None:
         self.path = Path(archive_dir) / STATE_DIR / MANIFEST_NAME
+        if self.path.is_symlink() or self.path.parent.is_symlink():
+            raise ManifestError(f"{self.path} (or its directory) is a symlink; refusing to follow it")
         if not create and not self.path.is_file():
             raise ManifestError(f"no manifest at {self.path}: nothing has been committed to this archive")
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not create and os.statvfs(self.path).f_flag & os.ST_RDONLY:
+                # Read-only media: WAL needs a writable -shm file, but nothing can change here.
+                uri = f"file:{quote(str(self.path.resolve()))}?immutable=1"
+                self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+                return
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -160,8 +168,12 @@ class Manifest:
         return _record(row)
 
     def transaction(self) -> _Transaction:
-        """A write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error)."""
-        return _Transaction(self._db)
+        """A write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error).
+
+        Raises:
+            ManifestError: SQLite failed (disk full, I/O error...); nothing was recorded.
+        """
+        return _Transaction(self._db, self.path)
 
     def close(self) -> None:
         """Close the database connection."""
@@ -178,14 +190,24 @@ class Manifest:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
+        self._path = path
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise ManifestError(f"cannot write the manifest {self._path}: {exc}") from exc
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        except sqlite3.Error as error:
+            if exc_type is None:
+                raise ManifestError(f"cannot write the manifest {self._path}: {error}") from error
+        if isinstance(exc, sqlite3.Error):
+            raise ManifestError(f"cannot write the manifest {self._path}: {exc}") from exc
 
 
 def _record(row: tuple[Any, ...]) -> Record:

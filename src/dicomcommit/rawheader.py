@@ -23,6 +23,7 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
 )
+_TRIMMED_ITEMS = frozenset(["LO", "LT", "PN", "SH", "ST", "UC", "UT"])
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 _CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _CHARSET_TAG = 0x00080005
@@ -177,8 +178,13 @@ def _value(raw: bytes, vr: str, encoding: str) -> Value:
     if not text:
         return None
     parts = text.split("\\") if vr not in ("LT", "ST", "UT", "UR") else [text]
-    # pydicom strips the whole value's end only; numbers are parsed from stripped items.
-    items = [_scalar(part.strip(" ") if vr in ("DS", "IS") else part, vr) for part in parts]
+    # As pydicom: free text loses trailing spaces per item, codes only at the value's end;
+    # numbers are parsed from stripped items.
+    if vr in ("DS", "IS"):
+        parts = [part.strip(" ") for part in parts]
+    elif vr in _TRIMMED_ITEMS:
+        parts = [part.rstrip("\0 ") for part in parts]
+    items = [_scalar(part, vr) for part in parts]
     values = [item for item in items if item is not None]
     return _one_or_list(values)
 

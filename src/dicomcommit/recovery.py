@@ -25,7 +25,7 @@ from typing import Any
 from filelock import FileLock
 
 from dicomcommit import _fs
-from dicomcommit.committing import CommitReport, Locked, commit_names, new_run_id
+from dicomcommit.committing import CommitReport, Locked, commit_names, make_state_dir, new_run_id
 from dicomcommit.errors import UsageError
 from dicomcommit.headers import hash_file
 from dicomcommit.layout import INVALID_DIR, LOCK_NAME, STATE_DIR, TMP_DIR
@@ -90,8 +90,8 @@ def recover(
     if staging is not None and not staging.is_dir():
         raise UsageError(f"staging directory {staging} does not exist or is not a directory")
     report = RecoverReport(check=check)
-    (archive / STATE_DIR).mkdir(exist_ok=True)
-    lock = FileLock(archive / STATE_DIR / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
+    state = make_state_dir(archive)
+    lock = FileLock(state / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
     with Manifest(archive, create=True) as manifest:
         if staging is not None:
             _finish_linked(staging, archive, template, check, report)
@@ -106,7 +106,9 @@ def recover(
 def _finish_linked(staging: Path, archive: Path, template: str, check: bool, report: RecoverReport) -> None:
     """Staged files with a second link: a commit was killed between link and unlink."""
     linked = []
-    for entry in os.scandir(staging):
+    with os.scandir(staging) as listing:
+        entries = list(listing)
+    for entry in entries:
         staged = entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
         with contextlib.suppress(FileNotFoundError):  # a running commit may take it meanwhile
             if staged and not entry.name.endswith(PART_SUFFIX) and entry.stat(follow_symlinks=False).st_nlink > 1:
@@ -126,7 +128,9 @@ def _abandoned_parts(
     tree = _fs.DirTree(archive)
     records = []
     try:
-        for entry in sorted(os.scandir(staging), key=lambda e: e.name):
+        with os.scandir(staging) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        for entry in entries:
             if not entry.name.endswith(PART_SUFFIX) or not entry.is_file(follow_symlinks=False):
                 continue
             st = entry.stat(follow_symlinks=False)

@@ -36,7 +36,8 @@ def scan_staging(staging: Path) -> Scan:
 
 def _walk(directory: Path, prefix: str, scan: Scan) -> None:
     try:
-        entries = list(os.scandir(directory))
+        with os.scandir(directory) as listing:
+            entries = list(listing)
     except FileNotFoundError:
         return  # a folder removed while we walk (by its tool, or an ingest --move)
     for entry in entries:
