@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from dicomcommit.committing import ON_CONFLICT_CHOICES, commit
+from dicomcommit.committing import ON_CONFLICT_CHOICES, CommitReport, commit
 from dicomcommit.demo import run_demo
 from dicomcommit.display import print_recovery, print_summary, print_table
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
+from dicomcommit.ingesting import ingest
 from dicomcommit.manifest import STATUSES, Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE
 from dicomcommit.recovery import DEFAULT_PART_AGE, recover
@@ -45,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-fsync", action="store_true", help="skip fsync (only for data you can regenerate)")
     c.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help="give up waiting for the lock")
     c.add_argument("--batch-size", type=int, default=500, metavar="N", help="files per lock hold [500]")
+
+    i = sub.add_parser("ingest", help="commit an existing tree of DICOM files (copy, or --move)")
+    i.add_argument("source", type=Path, help="a tree of files: any names, nested, mixed with other files")
+    i.add_argument("archive", type=Path, help="the archive root (created if missing)")
+    i.add_argument("--move", action="store_true", help="remove each source file once it is committed or recorded")
+    i.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"final name over DICOM keywords [{DEFAULT_TEMPLATE}]")
+    i.add_argument("--on-conflict", choices=ON_CONFLICT_CHOICES, default="record", help="what to do with a conflict")
+    i.add_argument("--allow-collisions", action="store_true", help="accept a template without {SOPInstanceUID}")
+    i.add_argument("--jobs", type=int, default=1, metavar="N", help="processes reading headers [1]")
+    i.add_argument("--dry-run", action="store_true", help="report what would happen; change nothing")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    i.add_argument("--no-fsync", action="store_true", help="skip fsync (only for data you can regenerate)")
 
     r = sub.add_parser("review", help="list manifest rows (conflicts by default)")
     r.add_argument("archive", type=Path)
@@ -79,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="dicomcommit: %(message)s", level=logging.WARNING)
     try:
         args = build_parser().parse_args(argv)
-        handlers = {"commit": _commit, "review": _review, "recover": _recover, "demo": _demo}
+        handlers = {"commit": _commit, "ingest": _ingest, "review": _review, "recover": _recover, "demo": _demo}
         return handlers[args.command](args)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
@@ -96,7 +109,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _commit(args: argparse.Namespace) -> int:
-    progress = _ProgressBar(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    progress = _ProgressBar(sys.stderr, "committing") if sys.stderr.isatty() and not args.json else None
     report = commit(
         args.staging,
         args.archive,
@@ -109,6 +122,27 @@ def _commit(args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
         progress=progress,
     )
+    return _print_report(report, args, progress)
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    progress = _ProgressBar(sys.stderr, "ingesting") if sys.stderr.isatty() and not args.json else None
+    report = ingest(
+        args.source,
+        args.archive,
+        move=args.move,
+        template=args.template,
+        on_conflict=args.on_conflict,
+        jobs=args.jobs,
+        durable=not args.no_fsync,
+        dry_run=args.dry_run,
+        allow_collisions=args.allow_collisions,
+        progress=progress,
+    )
+    return _print_report(report, args, progress)
+
+
+def _print_report(report: CommitReport, args: argparse.Namespace, progress: _ProgressBar | None) -> int:
     if progress is not None:
         progress.done()
     if args.json:
@@ -142,12 +176,13 @@ def _review(args: argparse.Namespace) -> int:
 
 
 class _ProgressBar:
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, verb: str) -> None:
         self._out = out
+        self._verb = verb
 
     def __call__(self, done: int, total: int, *_: Any) -> None:
         filled = 30 * done // max(total, 1)
-        self._out.write(f"\rcommitting [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+        self._out.write(f"\r{self._verb} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
         self._out.flush()
 
     def done(self) -> None:

@@ -34,7 +34,7 @@ from filelock import Timeout as FileLockTimeout
 from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, LockTimeout, UsageError
-from dicomcommit.headers import NotDicom, hash_file, read_attrs
+from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, LOCK_NAME, STATE_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record, now
@@ -45,6 +45,7 @@ from dicomcommit.scanning import scan_staging
 log = logging.getLogger("dicomcommit")
 
 OnConflict = Literal["record", "suffix", "error"]
+SourceMode = Literal["staging", "copy", "move"]
 ON_CONFLICT_CHOICES: tuple[OnConflict, ...] = ("record", "suffix", "error")
 DEFAULT_BATCH = 500
 
@@ -67,6 +68,8 @@ class CommitReport:
     #: The conflicts and invalid files of this run (in a dry run: every predicted outcome).
     #: Every outcome is in the manifest: ``Manifest(archive).records(run=report.run)``.
     records: list[Record] = field(default_factory=list)
+    #: Files left where they were, with why (counted in ``skipped``).
+    left_in_place: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def needs_review(self) -> bool:
@@ -87,7 +90,9 @@ class CommitReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary: the counts, and the records that need review."""
         key = "planned" if self.dry_run else "needs_review"
-        return {"run": self.run, "dry_run": self.dry_run, **self.counts(), key: [r.to_dict() for r in self.records]}
+        left = [{"file": name, "reason": reason} for name, reason in self.left_in_place]
+        return {"run": self.run, "dry_run": self.dry_run, **self.counts(), key: [r.to_dict() for r in self.records],
+                "left_in_place": left}  # fmt: skip
 
 
 def commit(
@@ -154,9 +159,9 @@ def _commit(
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}")
     parsed = parse_template(template, allow_collisions=allow_collisions)
-    staging, archive = _check_dirs(staging_dir, archive_dir)
+    staging, archive = check_dirs(staging_dir, archive_dir)
     scan = scan_staging(staging)
-    report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped))
+    report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped), left_in_place=scan.skipped)
     for name, reason in scan.skipped:
         log.warning("left in staging: %s (%s)", staging / name, reason)
     if dry_run:
@@ -179,20 +184,31 @@ def commit_names(
     batch_size: int = DEFAULT_BATCH,
     lock_timeout: float | None = None,
     progress: Progress | None = None,
+    mode: SourceMode = "staging",
+    described: dict[str, Described] | None = None,
 ) -> None:
-    """Commit the staged files *names* (relative to *staging*), adding to *report*."""
-    committer = _Committer(staging, archive, template, on_conflict=on_conflict, durable=durable, report=report)
+    """Commit the files *names* (relative to *staging*), adding to *report*.
+
+    *mode* and *described* serve ingest: see :class:`_Committer`.
+    """
+    committer = _Committer(staging, archive, template, on_conflict=on_conflict, durable=durable, report=report,
+                           mode=mode, described=described)  # fmt: skip
     committer.run(names, batch_size, lock_timeout, progress)
 
 
-def _check_dirs(staging: Path, archive: Path) -> tuple[Path, Path]:
+def check_dirs(staging: Path, archive: Path, *, what: str = "staging directory") -> tuple[Path, Path]:
+    """Check that *staging* is a directory, *archive* is one or is missing, and neither holds the other.
+
+    Raises:
+        UsageError: naming which of the two is wrong.
+    """
     if not staging.is_dir():
-        raise UsageError(f"staging directory {staging} does not exist or is not a directory")
+        raise UsageError(f"{what} {staging} does not exist or is not a directory")
     if archive.exists() and not archive.is_dir():
         raise UsageError(f"archive {archive} is not a directory")
     s, a = staging.resolve(), archive.resolve()
     if s == a or s in a.parents or a in s.parents:
-        raise UsageError(f"staging {staging} and archive {archive} must not contain each other")
+        raise UsageError(f"{what} {staging} and archive {archive} must not contain each other")
     return staging, archive
 
 
@@ -239,6 +255,14 @@ class _Staged:
 
 
 class _Committer:
+    """Commits files from *staging* (a staging directory, or an ingest source).
+
+    *mode* ``staging``: link, then remove the staged file; ``move``: the same for an ingest
+    source (copying across filesystems); ``copy``: copy onto the archive's filesystem and
+    link the copy, leaving the source alone. Outside ``staging`` mode, files that are not
+    DICOM are reported and left in place instead of being set aside.
+    """
+
     def __init__(
         self,
         staging: Path,
@@ -248,10 +272,15 @@ class _Committer:
         on_conflict: OnConflict,
         durable: bool,
         report: CommitReport,
+        mode: SourceMode = "staging",
+        described: dict[str, Described] | None = None,
     ) -> None:
         self.staging, self.archive, self.template = staging, archive, template
         self.on_conflict, self.durable, self.report = on_conflict, durable, report
-        self.journal = JournalIndex(staging)
+        self.mode = mode
+        self.described = described or {}
+        self.prefix = "" if mode == "staging" else f"{staging}/"
+        self.journal = JournalIndex(staging) if mode == "staging" else None  # ingest sources have none
 
     def run(self, names: list[str], batch_size: int, lock_timeout: float | None, progress: Progress | None) -> None:
         state = make_state_dir(self.archive)
@@ -264,15 +293,18 @@ class _Committer:
                         self._batch(names[start : start + batch_size], manifest)
                     if progress is not None:
                         progress(min(start + batch_size, len(names)), len(names))
-                with Locked(lock):
-                    self.journal.refresh()
-                    self.journal.prune()
+                if self.journal is not None:
+                    with Locked(lock):
+                        self.journal.refresh()
+                        self.journal.prune()
             finally:
-                self.journal.close()
+                if self.journal is not None:
+                    self.journal.close()
             manifest.finish_run(self.report.run, self.report.counts())
 
     def _batch(self, names: list[str], manifest: Manifest) -> None:
-        self.journal.refresh()
+        if self.journal is not None:
+            self.journal.refresh()
         self.tree = _fs.DirTree(self.archive, durable=self.durable)
         self.staging_fd = _fs.open_root(self.staging)
         done: list[tuple[Record, str]] = []
@@ -308,6 +340,8 @@ class _Committer:
         point("commit:after-manifest")
         for record, name in done:
             self.report.count(record)
+            if self.mode == "copy":
+                continue
             try:
                 _fs.unlink_quietly(self.staging_fd, name)
             except OSError as exc:  # recorded already: a rerun finds it linked and removes it
@@ -324,11 +358,15 @@ class _Committer:
         except OSError as exc:
             raise CommitError(f"cannot commit staged file ({exc.strerror})", self.staging / name, exc) from exc
 
-    def _outcome(self, staged: _Staged) -> Record:
+    def _outcome(self, staged: _Staged) -> Record | None:
         try:
-            if staged.invalid is not None:
+            if staged.invalid is None:
+                return self._place(staged)
+            if self.mode == "staging":
                 return self._set_aside(staged, staged.invalid)
-            return self._place(staged)
+            self.report.left_in_place.append((staged.name, staged.invalid))
+            self.report.skipped += 1
+            return None
         finally:
             self._close(staged)
 
@@ -351,14 +389,20 @@ class _Committer:
         if not stat.S_ISREG(st.st_mode):
             return None  # swapped for something else since the scan; left in place
         staged = _Staged(name, st.st_size)
-        record = self.journal.get(name)
+        known = self.described.pop(name, None)
+        if known is not None and known.size == st.st_size:
+            staged.sha256, staged.attrs, staged.invalid = known.sha256, known.attrs, known.invalid
+            staged.unsynced = self.mode != "copy"
+            return staged
+        record = None if self.journal is None else self.journal.get(name)
         if record is not None and record.size == st.st_size and all(k in record.attrs for k in self.template.keywords):
             staged.sha256, staged.attrs, staged.unsynced = record.sha256, record.attrs, not record.durable
             return staged
         try:
             fd = self._open(staged)
             staged.sha256, staged.size = hash_file(fd)
-            staged.unsynced = True  # a foreign writer may not have made its bytes durable
+            # A foreign writer may not have made its bytes durable; copies are fsynced themselves.
+            staged.unsynced = self.mode != "copy"
             try:
                 staged.attrs = read_attrs(fd, self.template.keywords)
             except NotDicom as exc:
@@ -419,6 +463,11 @@ class _Committer:
     def _link(self, staged: _Staged, dirs: tuple[str, ...], fname: str) -> _fs.Placed:
         dst_fd = self.tree.dir_fd(dirs)
         where = "/".join((str(self.archive), *dirs, fname))
+        if self.mode == "copy":  # the archive must not share an inode with a tree it copies from
+            placed = self._copy_then_link(staged, dst_fd, fname, where)
+            if placed is _fs.Placed.CREATED:
+                self.tree.touch(dirs)
+            return placed
         try:
             placed = _fs.link_noclobber(self.staging_fd, staged.name, dst_fd, fname, where=where)
         except DicomCommitError:
@@ -462,7 +511,7 @@ class _Committer:
             status=status,
             target=target,
             path=path,
-            source=staged.name,
+            source=self.prefix + staged.name,
             size=staged.size,
             sha256=staged.sha256,
             attrs=attrs,

@@ -16,6 +16,10 @@ def print_summary(report: CommitReport, archive: Path, out: TextIO) -> None:
     print(f"run {report.run}{' (dry run: nothing changed)' if report.dry_run else ''}", file=out)
     for label, value in report.counts().items():
         print(f"  {label:<11} {value:>7}", file=out)
+    for name, reason in report.left_in_place[:20]:
+        print(f"  left in place: {name} ({reason})", file=out)
+    if len(report.left_in_place) > 20:
+        print(f"  ... and {len(report.left_in_place) - 20} more left in place (--json lists all)", file=out)
     if report.needs_review:
         print(f"{report.conflicts} conflicts and {report.invalid} invalid files {verb} recorded; "
               f"see: dicomcommit review {archive} --status conflict|invalid", file=out)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
@@ -63,6 +64,33 @@ def _read_with_pydicom(fd: int, keywords: Sequence[str]) -> Attrs:
     if "TransferSyntaxUID" not in ds.file_meta:
         raise NotDicom("DICOM File Meta Information has no Transfer Syntax UID")
     return attrs_from_dataset(ds, keywords)
+
+
+@dataclass(frozen=True)
+class Described:
+    """What naming needs of one file: size, hash, attributes, or why it is not DICOM."""
+
+    size: int
+    sha256: str
+    attrs: Attrs
+    invalid: str | None
+
+
+def describe(path: str, keywords: Sequence[str]) -> Described:
+    """Hash and read the header of the file at *path* (for worker processes).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        sha256, size = hash_file(fd)
+        try:
+            return Described(size, sha256, read_attrs(fd, keywords), None)
+        except NotDicom as exc:
+            return Described(size, sha256, {}, str(exc))
+    finally:
+        os.close(fd)
 
 
 def hash_file(fd: int) -> tuple[str, int]:

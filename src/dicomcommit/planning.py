@@ -20,18 +20,36 @@ if TYPE_CHECKING:
     from dicomcommit.committing import CommitReport
 
 
-def plan(staging: Path, archive: Path, names: list[str], template: Template, report: CommitReport) -> None:
-    """Fill *report* with the outcome each staged file would have."""
+def plan(
+    staging: Path,
+    archive: Path,
+    names: list[str],
+    template: Template,
+    report: CommitReport,
+    *,
+    leave_invalid: bool = False,
+) -> None:
+    """Fill *report* with the outcome each staged file would have.
+
+    With *leave_invalid* (ingest), files that are not DICOM would be left in place.
+    """
     journal = JournalIndex(staging)
     journal.refresh()
     try:
-        _plan(staging, archive, names, template, report=report, journal=journal)
+        _plan(staging, archive, names, template, report=report, journal=journal, leave_invalid=leave_invalid)
     finally:
         journal.close()
 
 
 def _plan(
-    staging: Path, archive: Path, names: list[str], template: Template, *, report: CommitReport, journal: JournalIndex
+    staging: Path,
+    archive: Path,
+    names: list[str],
+    template: Template,
+    *,
+    report: CommitReport,
+    journal: JournalIndex,
+    leave_invalid: bool,
 ) -> None:
     planned: dict[str, str] = {}  # target -> sha256, for collisions inside this run
     kept: set[str] = set()  # sha256 of conflicts this run would keep
@@ -48,7 +66,11 @@ def _plan(
             try:
                 attrs = record.attrs if record is not None else read_attrs(fd, template.keywords)
             except NotDicom as exc:
-                report.count(Record("invalid", None, "", name, size, sha256, detail=str(exc), run=report.run))
+                if leave_invalid:
+                    report.left_in_place.append((name, str(exc)))
+                    report.skipped += 1
+                else:
+                    report.count(Record("invalid", None, "", name, size, sha256, detail=str(exc), run=report.run))
                 continue
         finally:
             os.close(fd)

@@ -19,22 +19,23 @@ class Scan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def scan_staging(staging: Path) -> Scan:
+def scan_staging(staging: Path, *, include_hidden: bool = False) -> Scan:
     """List the staged files below *staging*, recursively, oldest first.
 
-    Hidden entries (names starting with ``.``, such as the journal directory) are ignored.
+    Hidden entries (names starting with ``.``, such as the journal directory) are ignored,
+    unless *include_hidden* (for ingest, where a hidden folder may hold DICOM files).
     ``.part`` files (unfinished stages), symlinks (never followed) and special files are
     listed as skipped and left where they are.
     """
     scan = Scan()
-    _walk(staging, "", scan)
+    _walk(staging, "", scan, include_hidden)
     # Oldest first, so the file staged first wins its name; ties by name, deterministically.
     scan.files.sort(key=lambda rel: (scan.mtimes[rel], rel))
     scan.mtimes.clear()
     return scan
 
 
-def _walk(directory: Path, prefix: str, scan: Scan) -> None:
+def _walk(directory: Path, prefix: str, scan: Scan, include_hidden: bool) -> None:
     try:
         with os.scandir(directory) as listing:
             entries = list(listing)
@@ -43,17 +44,17 @@ def _walk(directory: Path, prefix: str, scan: Scan) -> None:
     for entry in entries:
         # Another committer may take any file between the listing and a look at it.
         with contextlib.suppress(FileNotFoundError):
-            _look_at(entry, prefix, scan)
+            _look_at(entry, prefix, scan, include_hidden)
 
 
-def _look_at(entry: os.DirEntry[str], prefix: str, scan: Scan) -> None:
-    if entry.name.startswith("."):
+def _look_at(entry: os.DirEntry[str], prefix: str, scan: Scan, include_hidden: bool) -> None:
+    if entry.name.startswith(".") and not include_hidden:
         return
     rel = prefix + entry.name
     if entry.is_symlink():
         scan.skipped.append((rel, "symlink, not followed"))
     elif entry.is_dir(follow_symlinks=False):
-        _walk(Path(entry.path), rel + "/", scan)
+        _walk(Path(entry.path), rel + "/", scan, include_hidden)
     elif not entry.is_file(follow_symlinks=False):
         scan.skipped.append((rel, "not a regular file"))
     elif entry.name.endswith(PART_SUFFIX):
