@@ -22,6 +22,9 @@ POINTS = (
     "commit:after-unlink",  # one staged file removed, the rest of the batch not
 )
 
+#: Points of ``resolve`` (tested on their own, not by the commit torture).
+RESOLVE_POINTS = ("resolve:after-link", "resolve:after-rename", "resolve:after-manifest")
+
 #: Points reached once per batch rather than once per file.
 BATCH_POINTS = frozenset({"commit:before-manifest", "commit:in-manifest", "commit:after-manifest"})
 

@@ -17,12 +17,14 @@ from typing import Any, NoReturn, TextIO
 
 from dicomcommit.committing import ON_CONFLICT_CHOICES, CommitReport, commit
 from dicomcommit.demo import run_demo
-from dicomcommit.display import print_recovery, print_summary, print_table
+from dicomcommit.display import print_csv, print_recovery, print_shown, print_summary, print_table
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
 from dicomcommit.ingesting import ingest
 from dicomcommit.manifest import STATUSES, Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE
 from dicomcommit.recovery import DEFAULT_PART_AGE, recover
+from dicomcommit.resolving import KEEP_CHOICES, resolve_many
+from dicomcommit.review import show
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dicomcommit`` command."""
     parser = _Parser(prog="dicomcommit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_writing_commands(sub)
+    _add_review_commands(sub)
+    _add_upkeep_commands(sub)
+    return parser
 
+
+Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
+
+
+def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
     c = sub.add_parser("commit", help="commit staged files into the archive")
     c.add_argument("staging", type=Path, help="the staging directory")
     c.add_argument("archive", type=Path, help="the archive root (created if missing)")
@@ -59,11 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.add_argument("--no-fsync", action="store_true", help="skip fsync (only for data you can regenerate)")
 
+
+def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     r = sub.add_parser("review", help="list manifest rows (conflicts by default)")
     r.add_argument("archive", type=Path)
     r.add_argument("--status", choices=(*STATUSES, "all"), default="conflict", help="which rows [conflict]")
-    r.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    r.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format [table]")
+    r.add_argument("--json", action="store_const", const="json", dest="format", help="the same as --format json")
 
+    s = sub.add_parser("show", help="one manifest row; for a conflict, both files side by side")
+    s.add_argument("archive", type=Path)
+    s.add_argument("id", type=int, help="the row id (see review)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+    rs = sub.add_parser("resolve", help="decide a conflict: keep the existing file, the staged one, or both")
+    rs.add_argument("archive", type=Path)
+    rs.add_argument("id", type=int, nargs="?", help="the conflict's row id (or --all)")
+    rs.add_argument("--keep", choices=KEEP_CHOICES, required=True, help="which file to keep")
+    rs.add_argument("--all", action="store_true", help="every open conflict (narrow with --run and --target)")
+    rs.add_argument("--run", help="with --all: only conflicts of this commit run")
+    rs.add_argument("--target", metavar="GLOB", help="with --all: only conflicts whose target matches (PAT01/*)")
+    rs.add_argument("--json", action="store_true", help="print the updated rows as JSON")
+
+
+def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
     rc = sub.add_parser("recover", help="repair an archive (and its staging directory) after a crash")
     rc.add_argument("archive", type=Path)
     rc.add_argument("staging", type=Path, nargs="?", help="the staging directory, to finish and tidy too")
@@ -84,7 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--files", type=int, default=250, help="datasets each worker stages [250]")
     d.add_argument("--staging", type=Path, default=Path("staging"), help="staging directory [staging]")
     d.add_argument("--archive", type=Path, default=Path("archive"), help="archive directory [archive]")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="dicomcommit: %(message)s", level=logging.WARNING)
     try:
         args = build_parser().parse_args(argv)
-        handlers = {"commit": _commit, "ingest": _ingest, "review": _review, "recover": _recover, "demo": _demo}
+        handlers = {"commit": _commit, "ingest": _ingest, "review": _review, "show": _show, "resolve": _resolve,
+                    "recover": _recover, "demo": _demo}  # fmt: skip
         return handlers[args.command](args)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
@@ -167,11 +197,41 @@ def _recover(args: argparse.Namespace) -> int:
 def _review(args: argparse.Namespace) -> int:
     with Manifest(args.archive) as manifest:
         records = manifest.records(None if args.status == "all" else args.status)
+    if args.format == "json":
+        json.dump([r.to_dict() for r in records], sys.stdout, indent=2)
+        print()
+    elif args.format == "csv":
+        print_csv(records, sys.stdout)
+    else:
+        print_table(records, sys.stdout)
+    return EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    shown = show(args.archive, args.id)
+    if args.json:
+        json.dump(shown.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print_shown(shown, args.archive, sys.stdout)
+    return EXIT_OK
+
+
+def _resolve(args: argparse.Namespace) -> int:
+    if (args.id is None) == (not args.all):
+        raise UsageError("give either a row id or --all")
+    if not args.all and (args.run or args.target):
+        raise UsageError("--run and --target go with --all")
+    ids = None if args.all else [args.id]
+    records = resolve_many(args.archive, args.keep, ids=ids, run=args.run, target=args.target)
     if args.json:
         json.dump([r.to_dict() for r in records], sys.stdout, indent=2)
         print()
     else:
-        print_table(records, sys.stdout)
+        for r in records:
+            print(f"#{r.id}: {r.resolution} kept by {r.resolved_by}; now {r.status} at {r.path}")
+        if not records:
+            print("no open conflict matched")
     return EXIT_OK
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import TextIO
 
 from dicomcommit.committing import CommitReport
 from dicomcommit.manifest import Record
 from dicomcommit.recovery import RecoverReport
+from dicomcommit.review import Shown
 
 
 def print_summary(report: CommitReport, archive: Path, out: TextIO) -> None:
@@ -65,3 +67,51 @@ def print_recovery(report: RecoverReport, out: TextIO) -> None:
             print(f"{len(items):>7} {text}", file=out)
     if not report.needs_attention and not any(items for items, _ in lines):
         print("consistent: nothing to recover", file=out)
+
+
+CSV_COLUMNS = ("id", "status", "target", "path", "source", "size", "sha256", "existing_sha256", "run", "time",
+               "detail", "resolution", "resolved_by", "resolved_at")  # fmt: skip
+
+
+def print_csv(records: list[Record], out: TextIO) -> None:
+    """Print *records* as CSV with a header row (attributes left out: they are JSON)."""
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for record in records:
+        row = record.to_dict()
+        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+
+
+def print_shown(shown: Shown, archive: Path, out: TextIO) -> None:
+    """Print a row; for a conflict, both files side by side and what differs."""
+    r = shown.record
+    print(f"#{r.id} {r.status}: {r.target or '-'}", file=out)
+    print(f"  bytes at {r.path} ({r.size} bytes, sha256 {r.sha256})", file=out)
+    print(f"  staged as {r.source} in run {r.run} at {r.time}", file=out)
+    if r.detail:
+        print(f"  {r.detail}", file=out)
+    if r.resolution:
+        print(f"  resolved ({r.resolution}) by {r.resolved_by} at {r.resolved_at}", file=out)
+    if shown.existing is None or shown.staged is None or shown.diff is None:
+        return
+    width = 40
+    print(f"\n  {'':<28} {'existing (committed)':<{width}} staged (conflict)", file=out)
+    for label, a, b in (
+        ("file", shown.existing.path, shown.staged.path),
+        ("size", str(shown.existing.size), str(shown.staged.size)),
+        ("sha256", str(shown.existing.sha256)[:32], str(shown.staged.sha256)[:32]),
+    ):
+        print(f"  {label:<28} {_clip(a, width):<{width}} {b}", file=out)
+    if shown.diff.error:
+        print(f"  {shown.diff.error}", file=out)
+    for e in shown.diff.elements:
+        print(f"  {e.tag} {e.keyword[:16]:<16} {_clip(e.existing, width):<{width}} {e.staged}", file=out)
+    pixels = {None: "no pixel data", True: "pixel data DIFFERS", False: "pixel data identical"}[
+        shown.diff.pixels_differ
+    ]
+    print(f"  {pixels}", file=out)
+    print(f"\n  resolve with: dicomcommit resolve {archive} {r.id} --keep existing|staged|both", file=out)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else f"{text[: width - 1]}…"

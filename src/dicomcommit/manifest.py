@@ -22,7 +22,8 @@ from dicomcommit.errors import ManifestError
 from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
 from dicomcommit.naming import Attrs
 
-STATUSES = ("committed", "duplicate", "conflict", "invalid")
+STATUSES = ("committed", "duplicate", "conflict", "invalid", "resolved")
+_RESOLUTION_COLUMNS = ("resolution", "resolved_by", "resolved_at")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -38,10 +39,14 @@ CREATE TABLE IF NOT EXISTS files (
     run TEXT NOT NULL,
     time TEXT NOT NULL,       -- ISO 8601, UTC
     detail TEXT NOT NULL DEFAULT '',
+    resolution TEXT,          -- how a conflict was resolved: existing, staged, both (or replaced)
+    resolved_by TEXT,         -- user@host
+    resolved_at TEXT,         -- ISO 8601, UTC
     UNIQUE (source, sha256)
 );
 CREATE INDEX IF NOT EXISTS files_status ON files (status);
 CREATE INDEX IF NOT EXISTS files_target ON files (target);
+CREATE INDEX IF NOT EXISTS files_path ON files (path);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     started TEXT NOT NULL,
@@ -54,6 +59,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 _COLUMNS = "status, target, path, source, size, sha256, existing_sha256, attrs, run, time, detail"
+_ALL_COLUMNS = f"id, {_COLUMNS}, {', '.join(_RESOLUTION_COLUMNS)}"
 
 
 def now() -> str:
@@ -77,6 +83,9 @@ class Record:
     detail: str = ""
     existing_sha256: str | None = None
     id: int | None = None
+    resolution: str | None = None
+    resolved_by: str | None = None
+    resolved_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict, ``id`` first."""
@@ -129,6 +138,15 @@ class Manifest:
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
             point("commit:in-manifest")
 
+    def update(self, record_id: int, **fields: str | None) -> None:
+        """Change columns of the row *record_id* (status, path, detail, resolution...); call
+        inside :meth:`transaction` to group several updates."""
+        allowed = {"status", "path", "detail", *_RESOLUTION_COLUMNS}
+        if not fields or not set(fields) <= allowed:
+            raise ValueError(f"can update only {sorted(allowed)}, not {sorted(fields)}")
+        assignments = ", ".join(f"{name}=?" for name in fields)
+        self._db.execute(f"UPDATE files SET {assignments} WHERE id=?", (*fields.values(), record_id))
+
     def start_run(self, run: str, *, staging: str, template: str) -> None:
         """Record the start of a commit run."""
         with self.transaction():
@@ -142,8 +160,10 @@ class Manifest:
         with self.transaction():
             self._db.execute("UPDATE runs SET finished=?, counts=? WHERE id=?", (now(), json.dumps(counts), run))
 
-    def records(self, status: str | Sequence[str] | None = None, *, run: str | None = None) -> list[Record]:
-        """Rows in id order, filtered by status (one or several) and run."""
+    def records(
+        self, status: str | Sequence[str] | None = None, *, run: str | None = None, path: str | None = None
+    ) -> list[Record]:
+        """Rows in id order, filtered by status (one or several), run and path."""
         where, args = [], []
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -152,8 +172,11 @@ class Manifest:
         if run is not None:
             where.append("run = ?")
             args.append(run)
+        if path is not None:
+            where.append("path = ?")
+            args.append(path)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        cursor = self._db.execute(f"SELECT id, {_COLUMNS} FROM files{clause} ORDER BY id", args)
+        cursor = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files{clause} ORDER BY id", args)
         return [_record(row) for row in cursor]
 
     def get(self, record_id: int) -> Record:
@@ -162,7 +185,7 @@ class Manifest:
         Raises:
             ManifestError: no such row.
         """
-        row = self._db.execute(f"SELECT id, {_COLUMNS} FROM files WHERE id=?", (record_id,)).fetchone()
+        row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE id=?", (record_id,)).fetchone()
         if row is None:
             raise ManifestError(f"no manifest row {record_id} in {self.path}")
         return _record(row)
@@ -211,7 +234,7 @@ class _Transaction:
 
 
 def _record(row: tuple[Any, ...]) -> Record:
-    (record_id, status, target, path, source, size, sha256, existing, attrs, run, time, detail) = row
+    (record_id, status, target, path, source, size, sha256, existing, attrs, run, time, detail, *resolved) = row
     return Record(
         status=status,
         target=target,
@@ -225,4 +248,7 @@ def _record(row: tuple[Any, ...]) -> Record:
         detail=detail,
         existing_sha256=existing,
         id=record_id,
+        resolution=resolved[0],
+        resolved_by=resolved[1],
+        resolved_at=resolved[2],
     )

@@ -1,0 +1,129 @@
+"""Review: what a manifest row is, and for a conflict, how its two files differ."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from dicomcommit.manifest import Manifest, Record
+
+PIXEL_DATA = Tag(0x7FE0, 0x0010)
+VALUE_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class ElementDiff:
+    """One header element that differs: its tag, keyword and both values (shortened)."""
+
+    tag: str
+    keyword: str
+    existing: str
+    staged: str
+
+
+@dataclass
+class FileDiff:
+    """How the committed file and the conflicting one differ."""
+
+    elements: list[ElementDiff] = field(default_factory=list)
+    pixels_differ: bool | None = None  # None: neither has pixel data
+    error: str | None = None  # a file could not be read
+
+
+@dataclass
+class FileInfo:
+    """Where a file lies, its size and hash (size and hash None when it is gone)."""
+
+    path: str
+    size: int | None
+    sha256: str | None
+
+
+@dataclass
+class Shown:
+    """Everything ``show`` prints about a row."""
+
+    record: Record
+    existing: FileInfo | None = None
+    staged: FileInfo | None = None
+    diff: FileDiff | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form."""
+        return {
+            "record": self.record.to_dict(),
+            "existing": None if self.existing is None else asdict(self.existing),
+            "staged": None if self.staged is None else asdict(self.staged),
+            "diff": None if self.diff is None else asdict(self.diff),
+        }
+
+
+def show(archive_dir: str | Path, record_id: int) -> Shown:
+    """The row *record_id*; for an open conflict, both files and their differences.
+
+    Raises:
+        ManifestError: no manifest, or no such row.
+    """
+    archive = Path(archive_dir)
+    with Manifest(archive) as manifest:
+        record = manifest.get(record_id)
+    shown = Shown(record)
+    if record.status == "conflict" and record.target is not None:
+        shown.existing = _info(archive, record.target)
+        shown.staged = _info(archive, record.path)
+        shown.diff = diff_files(archive / record.target, archive / record.path)
+    return shown
+
+
+def _info(archive: Path, rel: str) -> FileInfo:
+    path = archive / rel
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return FileInfo(str(path), None, None)
+    return FileInfo(str(path), len(data), hashlib.sha256(data).hexdigest())
+
+
+def diff_files(existing: Path, staged: Path) -> FileDiff:
+    """Compare two DICOM files element by element (File Meta included), and their pixels."""
+    try:
+        a, b = pydicom.dcmread(existing), pydicom.dcmread(staged)
+    except Exception as exc:  # pydicom raises many types on unreadable input
+        return FileDiff(error=f"cannot read both files as DICOM: {exc}")
+    diff = FileDiff()
+    ea, eb = _elements(a), _elements(b)
+    for tag in sorted(set(ea) | set(eb)):
+        if tag == PIXEL_DATA:
+            continue
+        va, vb = ea.get(tag), eb.get(tag)
+        if va != vb:
+            keyword = pydicom.datadict.keyword_for_tag(tag) or "(private or unknown)"
+            diff.elements.append(ElementDiff(str(Tag(tag)), keyword, _short(va), _short(vb)))
+    pa, pb = a.get(PIXEL_DATA), b.get(PIXEL_DATA)
+    if pa is not None or pb is not None:
+        diff.pixels_differ = pa is None or pb is None or pa.value != pb.value
+    return diff
+
+
+def _elements(ds: Dataset) -> dict[int, Any]:
+    found = {int(elem.tag): elem.value for elem in ds.file_meta} if hasattr(ds, "file_meta") else {}
+    found.update({int(elem.tag): elem.value for elem in ds})
+    return found
+
+
+def _short(value: object) -> str:
+    if value is None:
+        return "(absent)"
+    if isinstance(value, bytes):
+        text = f"<{len(value)} bytes>"
+    elif isinstance(value, pydicom.sequence.Sequence):
+        text = f"<sequence of {len(value)} items>"
+    else:
+        text = str(value)
+    return text if len(text) <= VALUE_WIDTH else f"{text[: VALUE_WIDTH - 1]}…"
