@@ -23,6 +23,7 @@ from dicomcommit.ingesting import ingest
 from dicomcommit.manifest import STATUSES, Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE
 from dicomcommit.recovery import DEFAULT_PART_AGE, recover
+from dicomcommit.report import write_report
 from dicomcommit.resolving import KEEP_CHOICES, resolve_many
 from dicomcommit.review import show
 
@@ -83,6 +84,10 @@ def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     s.add_argument("id", type=int, help="the row id (see review)")
     s.add_argument("--json", action="store_true", help="print JSON")
 
+    rp = sub.add_parser("report", help="write a self-contained HTML page of every open conflict, images included")
+    rp.add_argument("archive", type=Path)
+    rp.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write (replaced if it exists)")
+
     rs = sub.add_parser("resolve", help="decide a conflict: keep the existing file, the staged one, or both")
     rs.add_argument("archive", type=Path)
     rs.add_argument("id", type=int, nargs="?", help="the conflict's row id (or --all)")
@@ -122,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handlers = {"commit": _commit, "ingest": _ingest, "review": _review, "show": _show, "resolve": _resolve,
-                    "recover": _recover, "demo": _demo}  # fmt: skip
+                    "report": _report, "recover": _recover, "demo": _demo}  # fmt: skip
         return handlers[args.command](args)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
@@ -214,6 +219,12 @@ def _show(args: argparse.Namespace) -> int:
         print()
     else:
         print_shown(shown, args.archive, sys.stdout)
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    count = write_report(args.archive, args.output)
+    print(f"{count} open conflicts written to {args.output}")
     return EXIT_OK
 
 

@@ -55,7 +55,17 @@ def dcmwrite(
         EncodeError: pydicom could not encode the dataset; nothing was written.
         FileOpError: the write failed (disk full, permissions...); no file was left behind.
     """
-    data = encode(dataset, **kwargs)
+    write_file(filename, encode(dataset, **kwargs), overwrite=overwrite, durable=durable)
+
+
+def write_file(filename: str | os.PathLike[str], data: bytes, *, overwrite: bool, durable: bool = True) -> None:
+    """Write *data* to *filename* through a fsynced temp file: linked into place (or, with
+    *overwrite*, renamed over it), so no partial file is ever visible at *filename*.
+
+    Raises:
+        TargetExistsError: *filename* exists and *overwrite* is False.
+        FileOpError: the write failed; no file was left behind.
+    """
     path = Path(filename)
     name = path.name
     temp = f".{name[:200]}.{uuid.uuid4().hex}.part"

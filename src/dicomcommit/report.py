@@ -1,0 +1,162 @@
+"""The conflict report: one self-contained HTML page a person can decide from.
+
+Every open conflict gets both images side by side (thumbnails rendered from the pixel
+data, inline as PNG data URIs: the page needs no network), the header elements that
+differ, and the commands that resolve it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.pixels.processing import apply_modality_lut
+
+from dicomcommit.manifest import Manifest, Record
+from dicomcommit.review import diff_files
+from dicomcommit.writing import write_file
+
+THUMBNAIL = 192  # pixels, the longer side
+
+
+def write_report(archive_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> int:
+    """Write the HTML report of every open conflict of *archive_dir* to *output*.
+
+    Returns the number of conflicts listed.
+
+    Raises:
+        ManifestError: the archive has no manifest.
+        FileOpError: *output* cannot be written (nothing partial is left there).
+    """
+    archive = Path(archive_dir)
+    with Manifest(archive) as manifest:
+        conflicts = manifest.records("conflict")
+    sections = [_section(archive, row) for row in conflicts]
+    page = _PAGE.format(
+        title=html.escape(f"dicomcommit: {len(conflicts)} open conflicts in {archive}"),
+        body="\n".join(sections) or "<p>No open conflicts.</p>",
+    )
+    write_file(output, page.encode(), overwrite=True)
+    return len(conflicts)
+
+
+def _section(archive: Path, row: Record) -> str:
+    existing, staged = archive / (row.target or ""), archive / row.path
+    diff = diff_files(existing, staged)
+    rows = "".join(
+        f"<tr><td>{html.escape(e.tag)}</td><td>{html.escape(e.keyword)}</td>"
+        f"<td>{html.escape(e.existing)}</td><td>{html.escape(e.staged)}</td></tr>"
+        for e in diff.elements
+    )
+    pixels = {None: "no pixel data", True: "pixel data differs", False: "pixel data identical"}[diff.pixels_differ]
+    commands = "\n".join(
+        html.escape(f"dicomcommit resolve {archive} {row.id} --keep {keep}") for keep in ("existing", "staged", "both")
+    )
+    error = f"<p class='error'>{html.escape(diff.error)}</p>" if diff.error else ""
+    return f"""<section class="conflict" id="conflict-{row.id}">
+<h2>#{row.id} {html.escape(row.target or "")}</h2>
+<div class="pair">
+{_figure("existing (committed)", existing, row.existing_sha256)}
+{_figure("staged (conflicting)", staged, row.sha256)}
+</div>
+{error}<p class="pixels">{pixels}</p>
+<table><tr><th>tag</th><th>keyword</th><th>existing</th><th>staged</th></tr>{rows}</table>
+<pre>{commands}</pre>
+</section>"""
+
+
+def _figure(label: str, path: Path, sha256: str | None) -> str:
+    image = thumbnail(path)
+    if isinstance(image, bytes):
+        inner = f'<img alt="{html.escape(label)}" src="data:image/png;base64,{base64.b64encode(image).decode()}">'
+    else:
+        inner = f'<div class="placeholder">{html.escape(image)}</div>'
+    caption = f"{label}<br><code>{html.escape(str(path))}</code><br>sha256 {html.escape((sha256 or '?')[:16])}…"
+    return f"<figure>{inner}<figcaption>{caption}</figcaption></figure>"
+
+
+def thumbnail(path: Path) -> bytes | str:
+    """A PNG thumbnail of the image in *path*, or the reason there is none."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many types on unreadable input
+        return f"cannot read the file: {exc}"
+    if "PixelData" not in ds:
+        return "no pixel data"
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # no decoder for this transfer syntax, corrupt data...
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        name = getattr(syntax, "name", str(syntax))
+        return f"cannot decode the pixel data ({name}): {str(exc)[:120]}"
+    color = ds.get("SamplesPerPixel", 1) == 3
+    if pixels.ndim == (4 if color else 3):
+        pixels = pixels[len(pixels) // 2]  # the middle frame
+    image = _to_rgb8(pixels) if color else _window(ds, pixels)
+    step = max(1, -(-max(image.shape[:2]) // THUMBNAIL))
+    return encode_png(np.ascontiguousarray(image[::step, ::step]))
+
+
+def _window(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
+    """8-bit grey: the file's first VOI window if it has one, else the 1st-99th percentiles."""
+    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is not None and width is not None:
+        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
+        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+        low, high = center - width / 2, center + width / 2
+    else:
+        low, high = np.percentile(values, (1, 99))
+    scaled = (values - low) / max(high - low, 1e-9) * 255
+    grey = np.clip(scaled, 0, 255).astype(np.uint8)
+    return 255 - grey if ds.get("PhotometricInterpretation") == "MONOCHROME1" else grey
+
+
+def _to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    top = max(float(pixels.max()), 1.0)
+    return np.clip(pixels.astype(np.float64) / top * 255, 0, 255).astype(np.uint8)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode an 8-bit grey (h, w) or RGB (h, w, 3) array as PNG."""
+    height, width = image.shape[:2]
+    color_type = 0 if image.ndim == 2 else 2
+    raw = b"".join(b"\0" + row.tobytes() for row in image)  # filter type 0 on every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
+section.conflict {{ border: 1px solid #ccc; border-radius: 6px; padding: 1em; margin-bottom: 2em; }}
+h2 {{ font-size: 15px; word-break: break-all; }}
+.pair {{ display: flex; gap: 2em; flex-wrap: wrap; }}
+figure {{ margin: 0; max-width: 420px; }}
+img, .placeholder {{ width: {size}px; height: {size}px; object-fit: contain; background: #000; display: block; }}
+.placeholder {{ color: #eee; display: flex; align-items: center; justify-content: center; text-align: center;
+  padding: 1em; box-sizing: border-box; }}
+figcaption {{ font-size: 12px; word-break: break-all; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ddd; padding: 2px 8px; text-align: left; font-size: 12px; }}
+pre {{ background: #f5f5f5; padding: 0.5em; }}
+.pixels {{ font-weight: bold; }}
+.error {{ color: #a00; }}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+""".replace("{size}", str(THUMBNAIL))
