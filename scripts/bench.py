@@ -245,10 +245,10 @@ def scaled(bench: Bench, counts: list[int]) -> list[dict[str, Any]]:
             p.start()
         for p in stagers:
             p.join()
-        out = ctx.Queue()
-        child = ctx.Process(
-            target=_scaled_commit, args=(str(staging), str(bench.root / f"{bench._dirs:04d}-arch"), out)
-        )
+        fresh = multiprocessing.get_context("spawn")  # not forked: its peak RSS must be its own
+        out = fresh.Queue()
+        archive = bench.root / f"{bench._dirs:04d}-arch"
+        child = fresh.Process(target=_scaled_commit, args=(str(staging), str(archive), out))
         child.start()
         results.append(out.get())
         child.join()
@@ -306,7 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bench = Bench(Path(tmp), args.runs)
         for kind in args.kinds:
             rows += bench_kind(bench, kind, args.files if kind == "tiny" else args.ct_files)
-        kind = args.kinds[0]
+        kind = args.kinds[0] if args.kinds else "tiny"
         one = stage_in_processes(bench, kind, args.files, 1)
         two = stage_in_processes(bench, kind, args.files, 2)
         rows.append(Row("stage_many, 1 process", kind, args.files, one))
@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct-files", type=int, default=400, help="0.5 MB files per run [400]")
     parser.add_argument("--scale", type=int, default=100_000, help="files for the scaling check, 0 to skip [100000]")
     parser.add_argument("--dir", default=None, help="where to put the data [the system temp dir]")
-    parser.add_argument("--kinds", nargs="+", choices=sorted(SIZES), default=["tiny", "ct"], help="dataset sizes")
+    parser.add_argument("--kinds", nargs="*", choices=sorted(SIZES), default=["tiny", "ct"],
+                        help="dataset sizes (none: only the scaling check)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.files, args.ct_files, args.scale, args.kinds = 1, 40, 10, 400, ["tiny"]

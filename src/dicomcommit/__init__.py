@@ -1,9 +1,10 @@
 """dicomcommit: many processes write DICOM files into one archive, and none is ever lost.
 
 Stage datasets from any number of processes with :class:`Stager`, then :func:`commit`
-them: each gets its header-derived name with a no-clobber hard link, identical duplicates
-are dropped, and different files wanting the same name are kept as conflicts in the
-:class:`Manifest`.
+them (or :func:`ingest` an existing tree): each gets its header-derived name with a
+no-clobber hard link, identical duplicates are dropped, and different files wanting the
+same name are kept as conflicts in the :class:`Manifest`, for a person to :func:`show`,
+:func:`resolve`, or see in a :func:`write_report`. After a crash, :func:`recover`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,13 @@ from dicomcommit.errors import (
     TemplateError,
     UsageError,
 )
+from dicomcommit.ingesting import ingest
 from dicomcommit.manifest import Manifest, Record
 from dicomcommit.naming import DEFAULT_TEMPLATE, MISSING
+from dicomcommit.recovery import RecoverReport, recover
+from dicomcommit.report import write_report
+from dicomcommit.resolving import resolve, resolve_many
+from dicomcommit.review import show
 from dicomcommit.staging import Stager
 from dicomcommit.writing import dcmwrite
 
@@ -42,6 +48,7 @@ __all__ = [
     "ManifestError",
     "NoClobberUnsupported",
     "Record",
+    "RecoverReport",
     "StageError",
     "Stager",
     "TargetExistsError",
@@ -49,4 +56,10 @@ __all__ = [
     "UsageError",
     "commit",
     "dcmwrite",
+    "ingest",
+    "recover",
+    "resolve",
+    "resolve_many",
+    "show",
+    "write_report",
 ]

@@ -37,7 +37,7 @@ from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, Loc
 from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, LOCK_NAME, STATE_DIR, TMP_DIR
-from dicomcommit.manifest import Manifest, Record, now
+from dicomcommit.manifest import Manifest, Record
 from dicomcommit.naming import DEFAULT_TEMPLATE, Attrs, Template, parse_template
 from dicomcommit.planning import plan
 from dicomcommit.scanning import scan_staging
@@ -516,7 +516,6 @@ class _Committer:
             sha256=staged.sha256,
             attrs=attrs,
             run=self.report.run,
-            time=now(),
             detail=detail,
             existing_sha256=existing,
         )

@@ -21,19 +21,20 @@ from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.errors import StageError, UsageError
 from dicomcommit.journal import JournalWriter, StagedRecord
-from dicomcommit.naming import COMMON_KEYWORDS, attrs_from_dataset
+from dicomcommit.naming import COMMON_KEYWORDS, Attrs, attrs_from_dataset
 from dicomcommit.writing import encode
 
 STAGED_SUFFIX = ".dcm"
 PART_SUFFIX = ".part"
 _MAX_PENDING = 16
+_PIPELINE_MIN = 64 * 1024  # without fsync, only hashing and writing a large file is worth a thread
 
 
 @dataclass(frozen=True)
 class _Prepared:
     name: str
     data: bytes
-    record: StagedRecord
+    attrs: Attrs
 
 
 class _DirSync:
@@ -122,16 +123,14 @@ class Stager:
     def stage_many(self, datasets: Iterable[Dataset], **kwargs: Any) -> list[Path]:
         """Stage several datasets; with the same guarantees as :meth:`stage`, when it returns.
 
-        Faster in durable mode: a writer thread writes and fsyncs each file while the next
-        dataset is encoded, and the directory is fsynced once, at the end.
+        Faster: a writer thread hashes, writes and (when durable) fsyncs each file while the
+        next dataset is encoded, and the directory is fsynced once, at the end.
 
         Raises:
             EncodeError, StageError: as :meth:`stage`. The datasets before the failing one
                 are staged then; staging them again is harmless, since commit drops
                 identical duplicates.
         """
-        if not self.durable:
-            return [self.stage(ds, **kwargs) for ds in datasets]  # no fsync to overlap with
         dir_fd = self._dir_fd()
         paths: list[Path] = []
         try:
@@ -140,8 +139,11 @@ class Stager:
                 try:
                     for ds in datasets:
                         prepared = self._prepare(ds, kwargs)
-                        pending.append(writer.submit(self._write, dir_fd, prepared))
                         paths.append(self.staging_dir / prepared.name)
+                        if not self.durable and len(prepared.data) < _PIPELINE_MIN:
+                            self._write(dir_fd, prepared)  # nothing slow enough to overlap: skip the hand-off
+                            continue
+                        pending.append(writer.submit(self._write, dir_fd, prepared))
                         while len(pending) > _MAX_PENDING:  # bound the encoded bytes held in memory
                             pending.popleft().result()
                     while pending:
@@ -151,7 +153,7 @@ class Stager:
                         with contextlib.suppress(Exception):
                             future.result()
         finally:
-            if paths:
+            if paths and self.durable:
                 self._dir_sync.sync(dir_fd)
         return paths
 
@@ -160,22 +162,19 @@ class Stager:
         # Nanoseconds first: sorting names sorts by staging time (mtimes tie within a clock
         # tick), so the file staged first wins its final name. The UUID makes it unique.
         name = f"{time.time_ns():016x}-{uuid.uuid4().hex}{STAGED_SUFFIX}"
-        record = StagedRecord(
-            name=name,
-            sha256=hashlib.sha256(data).hexdigest(),
-            size=len(data),
-            durable=self.durable,
-            attrs=attrs_from_dataset(ds, self.keywords),
-        )
-        return _Prepared(name, data, record)
+        return _Prepared(name, data, attrs_from_dataset(ds, self.keywords))
 
     def _write(self, dir_fd: int, prepared: _Prepared) -> None:
         part = prepared.name + PART_SUFFIX
+        # Hashed here, not in _prepare: in stage_many this runs in the writer thread, and
+        # hashlib releases the GIL, so hashing overlaps with encoding the next dataset.
+        record = StagedRecord(prepared.name, hashlib.sha256(prepared.data).hexdigest(), len(prepared.data),
+                              self.durable, prepared.attrs)  # fmt: skip
         try:
             _fs.write_exclusive(dir_fd, part, prepared.data, durable=self.durable)
             point("stage:after-write")
             # The record goes first: a staged file then always has one, unless the line is lost.
-            self._journal.append(prepared.record)
+            self._journal.append(record)
             point("stage:after-journal")
             os.rename(part, prepared.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # a fresh name: nothing to clobber
             point("stage:after-rename")
