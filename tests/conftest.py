@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -68,3 +70,32 @@ def copy_in(name: str, staging: Path, as_name: str | None = None) -> Path:
     dest = staging / (as_name or name)
     shutil.copyfile(wheel_file(name), dest)
     return dest
+
+
+@pytest.fixture
+def other_fs_staging(tmp_path: Path) -> Iterator[Path]:
+    """A staging directory on another filesystem than tmp_path (tmpfs), for real EXDEV."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem here; the injected EXDEV test covers the code")
+    staging = shm / f"dicomcommit-test-{os.getpid()}-{tmp_path.name}"
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging)
+
+
+@pytest.fixture
+def dir_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every fsync of a directory from now on, counted (and still done)."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    return synced

@@ -116,21 +116,13 @@ def test_a_torn_journal_line_only_costs_the_fast_path(tmp_path: Path, ct: Datase
 
 
 def test_stage_many_stages_all_and_syncs_the_directory_once(
-    tmp_path: Path, make_ds: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, make_ds: Callable[..., Dataset], dir_fsyncs: list[int]
 ) -> None:
     stager = Stager(tmp_path)
     stager.stage(make_ds(999))  # opens the directory before counting
-    dir_syncs: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            dir_syncs.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    dir_fsyncs.clear()
     paths = stager.stage_many(make_ds(i) for i in range(40))
-    monkeypatch.undo()
+    dir_syncs = list(dir_fsyncs)
     assert len(dir_syncs) == 1
     assert len(set(paths)) == 40
     assert sorted(paths) == paths  # names sort in staging order

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from dicomcommit.committing import ON_CONFLICT_CHOICES, CommitReport, commit
+from dicomcommit.committing import DEFAULT_BATCH, ON_CONFLICT_CHOICES, CommitReport, commit
 from dicomcommit.demo import run_demo
 from dicomcommit.display import print_csv, print_recovery, print_shown, print_summary, print_table
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
@@ -57,7 +57,13 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--no-fsync", action="store_true", help="skip fsync (only for data you can regenerate)")
     c.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help="give up waiting for the lock")
-    c.add_argument("--batch-size", type=int, default=500, metavar="N", help="files per lock hold [500]")
+    c.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"files per lock hold and manifest transaction [{DEFAULT_BATCH}]",
+    )
 
     i = sub.add_parser("ingest", help="commit an existing tree of DICOM files (copy, or --move)")
     i.add_argument("source", type=Path, help="a tree of files: any names, nested, mixed with other files")

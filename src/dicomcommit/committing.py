@@ -47,7 +47,7 @@ log = logging.getLogger("dicomcommit")
 OnConflict = Literal["record", "suffix", "error"]
 SourceMode = Literal["staging", "copy", "move"]
 ON_CONFLICT_CHOICES: tuple[OnConflict, ...] = ("record", "suffix", "error")
-DEFAULT_BATCH = 500
+DEFAULT_BATCH = 2000
 
 Progress = Callable[[int, int], None]
 _REVIEW = frozenset({"conflict", "invalid"})

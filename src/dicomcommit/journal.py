@@ -26,6 +26,7 @@ from typing import Any
 from dicomcommit.naming import Attrs
 
 JOURNAL_DIR = (".dicomcommit", "journal")
+_CHUNK = 1 << 20
 _SUFFIX = ".jsonl"
 
 
@@ -139,20 +140,27 @@ class JournalIndex:
                 fd = self._fds[journal] = os.open(self._dir / journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return
-        data = b""
-        while chunk := os.pread(fd, 1 << 20, offset + len(data)):
-            data += chunk
-        end = data.rfind(b"\n") + 1  # a line still being written is read next time
         names = self._names.setdefault(journal, [])
-        start = 0
-        while start < end:
-            stop = data.index(b"\n", start)
-            name = _peek_name(data[start:stop])
-            if name is not None:
-                self._where[name] = (journal, offset + start, stop - start)
-                names.append(name)
-            start = stop + 1
-        self._offsets[journal] = offset + end
+        # A chunk at a time: memory stays flat however long the journal is.
+        while chunk := os.pread(fd, _CHUNK, offset):
+            end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+            if not end:
+                if len(chunk) < _CHUNK:
+                    break
+                # A megabyte without a line end is no record of ours: skip it (the journal is
+                # only a cache; files it described take the slow path).
+                offset += len(chunk)
+                continue
+            start = 0
+            while start < end:
+                stop = chunk.index(b"\n", start)
+                name = _peek_name(chunk[start:stop])
+                if name is not None:
+                    self._where[name] = (journal, offset + start, stop - start)
+                    names.append(name)
+                start = stop + 1
+            offset += end
+        self._offsets[journal] = offset
 
     def get(self, name: str) -> StagedRecord | None:
         """The record for the staged file *name*, if a journal has one."""

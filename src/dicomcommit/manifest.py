@@ -121,8 +121,8 @@ class Manifest:
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            # 32 MiB of page cache: the (source, sha256) index of 100,000 rows stays in memory.
-            self._db.execute("PRAGMA cache_size=-32768")
+            # 16 MiB of page cache: the (source, sha256) index of 100,000 rows stays in memory.
+            self._db.execute("PRAGMA cache_size=-16384")
             if create:
                 self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
@@ -131,11 +131,12 @@ class Manifest:
     def add(self, records: Iterable[Record]) -> None:
         """Insert *records* in one transaction; a (source, sha256) already present is kept as is."""
         stamp = now()  # one time per batch: the time it was recorded
-        rows = [
-            (r.status, r.target, r.path, r.source, r.size, r.sha256, r.existing_sha256,
-             json.dumps(r.attrs, ensure_ascii=False), r.run, r.time or stamp, r.detail)
+        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        rows = (
+            (r.status, r.target, r.path, r.source, r.size, r.sha256, r.existing_sha256, dumps(r.attrs), r.run,
+             r.time or stamp, r.detail)
             for r in records
-        ]  # fmt: skip
+        )  # fmt: skip
         with self.transaction():
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
             point("commit:in-manifest")

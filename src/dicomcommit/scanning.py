@@ -15,7 +15,7 @@ class Scan:
     """Regular files to commit (relative paths, sorted), and what is left alone, with why."""
 
     files: list[str] = field(default_factory=list)
-    mtimes: dict[str, int] = field(default_factory=dict)
+    _timed: list[tuple[int, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -30,21 +30,22 @@ def scan_staging(staging: Path, *, include_hidden: bool = False) -> Scan:
     scan = Scan()
     _walk(staging, "", scan, include_hidden)
     # Oldest first, so the file staged first wins its name; ties by name, deterministically.
-    scan.files.sort(key=lambda rel: (scan.mtimes[rel], rel))
-    scan.mtimes.clear()
+    scan._timed.sort()
+    scan.files = [rel for _, rel in scan._timed]
+    scan._timed.clear()
     return scan
 
 
 def _walk(directory: Path, prefix: str, scan: Scan, include_hidden: bool) -> None:
     try:
-        with os.scandir(directory) as listing:
-            entries = list(listing)
+        listing = os.scandir(directory)
     except FileNotFoundError:
         return  # a folder removed while we walk (by its tool, or an ingest --move)
-    for entry in entries:
-        # Another committer may take any file between the listing and a look at it.
-        with contextlib.suppress(FileNotFoundError):
-            _look_at(entry, prefix, scan, include_hidden)
+    with listing:  # one DirEntry at a time: a list of 100,000 would cost 150 MB
+        for entry in listing:
+            # Another committer may take any file between the listing and a look at it.
+            with contextlib.suppress(FileNotFoundError):
+                _look_at(entry, prefix, scan, include_hidden)
 
 
 def _look_at(entry: os.DirEntry[str], prefix: str, scan: Scan, include_hidden: bool) -> None:
@@ -60,6 +61,4 @@ def _look_at(entry: os.DirEntry[str], prefix: str, scan: Scan, include_hidden: b
     elif entry.name.endswith(PART_SUFFIX):
         scan.skipped.append((rel, "unfinished stage (.part)"))
     else:
-        mtime = entry.stat(follow_symlinks=False).st_mtime_ns
-        scan.files.append(rel)
-        scan.mtimes[rel] = mtime
+        scan._timed.append((entry.stat(follow_symlinks=False).st_mtime_ns, rel))
