@@ -23,20 +23,17 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from filelock import FileLock
-from filelock import Timeout as FileLockTimeout
-
 from dicomcommit import _fs
 from dicomcommit._faults import point
-from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, LockTimeout, UsageError
+from dicomcommit.archive import archive_lock, check_dirs, new_run_id
+from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError
 from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs
 from dicomcommit.journal import JournalIndex
-from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, LOCK_NAME, STATE_DIR, TMP_DIR
+from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record
 from dicomcommit.naming import DEFAULT_TEMPLATE, Attrs, Template, parse_template
 from dicomcommit.planning import plan
@@ -196,51 +193,6 @@ def commit_names(
     committer.run(names, batch_size, lock_timeout, progress)
 
 
-def check_dirs(staging: Path, archive: Path, *, what: str = "staging directory") -> tuple[Path, Path]:
-    """Check that *staging* is a directory, *archive* is one or is missing, and neither holds the other.
-
-    Raises:
-        UsageError: naming which of the two is wrong.
-    """
-    if not staging.is_dir():
-        raise UsageError(f"{what} {staging} does not exist or is not a directory")
-    if archive.exists() and not archive.is_dir():
-        raise UsageError(f"archive {archive} is not a directory")
-    s, a = staging.resolve(), archive.resolve()
-    if s == a or s in a.parents or a in s.parents:
-        raise UsageError(f"{what} {staging} and archive {archive} must not contain each other")
-    return staging, archive
-
-
-def make_state_dir(archive: Path) -> Path:
-    """Create ``ARCHIVE/.dicomcommit`` if needed; refuse it if it is not a real directory.
-
-    Raises:
-        CommitError: it cannot be created, or it is a symlink or a file (the manifest and
-            the lock would then be written wherever it points).
-    """
-    state = archive / STATE_DIR
-    if archive.is_dir() and os.statvfs(archive).f_flag & os.ST_RDONLY:
-        raise CommitError(
-            f"the archive is on a read-only filesystem ({os.strerror(errno.EROFS)})", archive, OSError(errno.EROFS, "")
-        )
-    try:
-        archive.mkdir(parents=True, exist_ok=True)
-        os.mkdir(state, 0o755)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise CommitError(f"cannot create the archive's state directory ({exc.strerror})", state, exc) from exc
-    if not stat.S_ISDIR(os.lstat(state).st_mode):
-        raise CommitError("not a real directory (a symlink or a file); refusing to write through it", state)
-    return state
-
-
-def new_run_id() -> str:
-    """A run id: UTC time, then 6 random hex digits."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + os.urandom(3).hex()
-
-
 @dataclass
 class _Staged:
     """One staged file and what naming needs; opened only when its bytes must be read."""
@@ -283,18 +235,17 @@ class _Committer:
         self.journal = JournalIndex(staging) if mode == "staging" else None  # ingest sources have none
 
     def run(self, names: list[str], batch_size: int, lock_timeout: float | None, progress: Progress | None) -> None:
-        state = make_state_dir(self.archive)
-        lock = FileLock(state / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
+        lock = archive_lock(self.archive, lock_timeout)
         with Manifest(self.archive, create=True, durable=self.durable) as manifest:
             manifest.start_run(self.report.run, staging=str(self.staging), template=self.template.text)
             try:
                 for start in range(0, len(names), batch_size):
-                    with Locked(lock):
+                    with lock:
                         self._batch(names[start : start + batch_size], manifest)
                     if progress is not None:
                         progress(min(start + batch_size, len(names)), len(names))
                 if self.journal is not None:
-                    with Locked(lock):
+                    with lock:
                         self.journal.refresh()
                         self.journal.prune()
             finally:
@@ -519,21 +470,3 @@ class _Committer:
             detail=detail,
             existing_sha256=existing,
         )
-
-
-class Locked:
-    """The archive lock as a context manager that raises our LockTimeout."""
-
-    def __init__(self, lock: FileLock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        try:
-            self._lock.acquire()
-        except FileLockTimeout as exc:
-            raise LockTimeout(str(self._lock.lock_file), float(self._lock.timeout)) from exc
-        except OSError as exc:  # a symlink planted at the lock path (never followed), permissions...
-            raise CommitError(f"cannot take the archive lock ({exc.strerror})", self._lock.lock_file, exc) from exc
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()

@@ -14,15 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from dicomcommit.committing import (
-    DEFAULT_BATCH,
-    CommitReport,
-    OnConflict,
-    Progress,
-    check_dirs,
-    commit_names,
-    new_run_id,
-)
+from dicomcommit.archive import check_dirs, new_run_id
+from dicomcommit.committing import DEFAULT_BATCH, CommitReport, OnConflict, Progress, commit_names
 from dicomcommit.errors import CommitError, DicomCommitError, UsageError
 from dicomcommit.headers import Described, describe
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from dicomcommit import _fs
-from dicomcommit.committing import CommitReport, Locked, commit_names, make_state_dir, new_run_id
+from dicomcommit.archive import archive_lock, new_run_id
+from dicomcommit.committing import CommitReport, commit_names
 from dicomcommit.errors import UsageError
 from dicomcommit.headers import hash_file
-from dicomcommit.layout import INVALID_DIR, LOCK_NAME, STATE_DIR, TMP_DIR
+from dicomcommit.layout import INVALID_DIR, STATE_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
 from dicomcommit.staging import PART_SUFFIX
@@ -90,12 +89,11 @@ def recover(
     if staging is not None and not staging.is_dir():
         raise UsageError(f"staging directory {staging} does not exist or is not a directory")
     report = RecoverReport(check=check)
-    state = make_state_dir(archive)
-    lock = FileLock(state / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
+    lock = archive_lock(archive, lock_timeout)
     with Manifest(archive, create=True) as manifest:
         if staging is not None:
             _finish_linked(staging, archive, template, check, report)
-        with Locked(lock):
+        with lock:
             if staging is not None:
                 _abandoned_parts(staging, archive, manifest, part_age=part_age, check=check, report=report)
             _temp_copies(archive, check, report)

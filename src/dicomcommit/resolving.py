@@ -21,14 +21,12 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from filelock import FileLock
-
 from dicomcommit import _fs
 from dicomcommit._faults import point
-from dicomcommit.committing import Locked, make_state_dir
+from dicomcommit.archive import archive_lock
 from dicomcommit.errors import CommitError, DicomCommitError, UsageError
 from dicomcommit.headers import hash_file
-from dicomcommit.layout import CONFLICTS_DIR, LOCK_NAME, REJECTED_DIR, REPLACED_DIR
+from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
 from dicomcommit.manifest import Manifest, Record, now
 
 Keep = Literal["existing", "staged", "both"]
@@ -66,10 +64,10 @@ def resolve_many(
     if keep not in KEEP_CHOICES:
         raise UsageError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
     archive = Path(archive_dir)
-    lock = FileLock(make_state_dir(archive) / LOCK_NAME, timeout=-1 if lock_timeout is None else lock_timeout)
+    lock = archive_lock(archive, lock_timeout)
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     done = []
-    with Locked(lock), Manifest(archive) as manifest:
+    with lock, Manifest(archive) as manifest:
         if ids is not None:
             rows = [manifest.get(record_id) for record_id in ids]
             for row in rows:
