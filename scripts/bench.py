@@ -103,14 +103,19 @@ def write_staged_many(directory: Path, items: list[Dataset], durable: bool) -> N
         stager.stage_many(items)
 
 
-def _stage_worker(directory: str, items: list[Dataset], barrier: Any, out: Any) -> None:
+def _stage_worker(directory: str, items: list[Dataset], many: bool, barrier: Any, out: Any) -> None:
     barrier.wait()
     started = time.monotonic()
-    write_staged_many(Path(directory), items, durable=True)
+    if many:
+        write_staged_many(Path(directory), items, durable=True)
+    else:
+        write_staged(Path(directory), items, durable=False)
     out.put((started, time.monotonic()))
 
 
-def stage_in_processes(bench: Bench, kind: str, files: int, procs: int) -> float:
+def stage_in_processes(bench: Bench, kind: str, files: int, procs: int, *, many: bool) -> float:
+    """Files/s of *procs* stager processes at once: ``stage()`` without fsync (CPU only: shows
+    whether stagers contend), or durable ``stage_many`` (shows the disk's flushes too)."""
     ctx = multiprocessing.get_context("fork")
     rates: list[float] = []
     for run in range(bench.runs):
@@ -120,7 +125,7 @@ def stage_in_processes(bench: Bench, kind: str, files: int, procs: int) -> float
         workers = [
             ctx.Process(
                 target=_stage_worker,
-                args=(str(directory), datasets(kind, share, (run * procs + p) * share), barrier, out),
+                args=(str(directory), datasets(kind, share, (run * procs + p) * share), many, barrier, out),
             )
             for p in range(procs)
         ]
@@ -314,11 +319,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for kind in args.kinds:
             rows += bench_kind(bench, kind, args.files if kind == "tiny" else args.ct_files)
         kind = args.kinds[0] if args.kinds else "tiny"
-        one = stage_in_processes(bench, kind, args.files, 1)
-        two = stage_in_processes(bench, kind, args.files, 2)
-        rows.append(Row("stage_many, 1 process", kind, args.files, one))
-        rows.append(Row("stage_many, 2 processes", kind, args.files, two, "stage_many, 1 process", two / one,
-                        ">= 1.8x", two / one >= 1.8))  # fmt: skip
+        for many, label in ((False, "stage, fsync off"), (True, "stage_many, durable")):
+            one = stage_in_processes(bench, kind, args.files, 1, many=many)
+            two = stage_in_processes(bench, kind, args.files, 2, many=many)
+            rows.append(Row(f"{label}, 1 process", kind, args.files, one))
+            rows.append(Row(f"{label}, 2 processes", kind, args.files, two, f"{label}, 1 process", two / one,
+                            ">= 1.8x", two / one >= 1.8))  # fmt: skip
 
         extra["header_bytes"] = header_bytes_read(bench)
         if args.scale:
@@ -338,12 +344,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"medians over {result['runs']} runs; ratios are against baselines measured in this run\n")
-    print(f"{'variant':<32} {'kind':<5} {'files':>6} {'files/s':>9}  {'ratio':>7}  {'vs':<22} {'target':<14} ok")
+    print(f"{'variant':<34} {'kind':<5} {'files':>6} {'files/s':>9}  {'ratio':>7}  {'vs':<28} {'target':<14} ok")
     for r in result["rows"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
-        print(f"{r['name']:<32} {r['kind']:<5} {r['files']:>6} {r['rate']:>9,.0f}  {ratio:>7}  "
-              f"{r['baseline']:<22} {r['target']:<14} {ok}")  # fmt: skip
+        print(f"{r['name']:<34} {r['kind']:<5} {r['files']:>6} {r['rate']:>9,.0f}  {ratio:>7}  "
+              f"{r['baseline']:<28} {r['target']:<14} {ok}")  # fmt: skip
     print("\nbytes read to name a foreign file (header only; hashing the content reads it all once more):")
     for h in result["header_bytes"]:
         print(f"  {h['file']:>7} file ({h['file_bytes']:,} bytes): {h['header_bytes_read']:,} bytes read")

@@ -57,11 +57,16 @@ class Totals:
 
 
 def child_stage(staging: str, ledger: str, seed: int, files: int) -> None:
-    """Stage the trial's datasets, appending each returned name and hash to the ledger."""
+    """Stage the trial's datasets (with stage(), or stage_many() four at a time, by the
+    seed's parity), appending each returned name and hash to the ledger."""
+    jobs = plan_jobs(files, seed)
+    step = 4 if seed % 2 else 1
     with Stager(staging) as stager, open(ledger, "a") as out:
-        for index, variant in plan_jobs(files, seed):
-            path = stager.stage(synthetic_dataset(_ROOT, index, variant))
-            out.write(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n")
+        for start in range(0, len(jobs), step):
+            datasets = [synthetic_dataset(_ROOT, index, variant) for index, variant in jobs[start : start + step]]
+            paths = stager.stage_many(datasets) if step > 1 else [stager.stage(datasets[0])]
+            for path in paths:
+                out.write(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n")
             out.flush()
 
 

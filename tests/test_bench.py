@@ -18,7 +18,8 @@ def test_bench_quick_runs_and_reports_every_variant(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     names = {row["name"] for row in report["rows"]}
     assert {"pydicom.dcmwrite", "link+unlink floor", "naive dcmread commit", "commit (staged files)",
-            "commit (foreign files)", "Stager.stage (fsync on)", "stage_many, 2 processes"} <= names  # fmt: skip
+            "commit (foreign files)", "Stager.stage (fsync on)", "stage, fsync off, 2 processes",
+            "stage_many, durable, 2 processes"} <= names  # fmt: skip
     assert all(row["rate"] > 0 for row in report["rows"])
     assert [h["file"] for h in report["header_bytes"]] == ["0.5 MB", "50 MB"]
     assert report["scale"]["large"]["files"] == 400

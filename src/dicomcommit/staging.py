@@ -27,7 +27,7 @@ from dicomcommit.writing import encode
 STAGED_SUFFIX = ".dcm"
 PART_SUFFIX = ".part"
 _MAX_PENDING = 16
-_PIPELINE_MIN = 64 * 1024  # without fsync, only hashing and writing a large file is worth a thread
+_SETTLE_EVERY = 64  # stage_many: files made durable by one flush
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,10 @@ class Stager:
     def stage_many(self, datasets: Iterable[Dataset], **kwargs: Any) -> list[Path]:
         """Stage several datasets; with the same guarantees as :meth:`stage`, when it returns.
 
-        Faster: a writer thread hashes, writes and (when durable) fsyncs each file while the
-        next dataset is encoded, and the directory is fsynced once, at the end.
+        Faster: a writer thread hashes and writes each ``.part`` file while the next dataset
+        is encoded; when durable, every 64 files are made durable together (one ``syncfs``,
+        so one device flush instead of one per file) before they get their names, and the
+        directory is fsynced once, at the end.
 
         Raises:
             EncodeError, StageError: as :meth:`stage`. The datasets before the failing one
@@ -133,29 +135,43 @@ class Stager:
         """
         dir_fd = self._dir_fd()
         paths: list[Path] = []
+        written: list[StagedRecord] = []  # .part files written, waiting to be made durable and named
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="dicomcommit-stage") as writer:
-                pending: deque[Future[None]] = deque()
+                pending: deque[Future[StagedRecord]] = deque()
                 try:
                     for ds in datasets:
                         prepared = self._prepare(ds, kwargs)
                         paths.append(self.staging_dir / prepared.name)
-                        if not self.durable and len(prepared.data) < _PIPELINE_MIN:
-                            self._write(dir_fd, prepared)  # nothing slow enough to overlap: skip the hand-off
-                            continue
-                        pending.append(writer.submit(self._write, dir_fd, prepared))
+                        pending.append(writer.submit(self._write_part, dir_fd, prepared, fsync=False))
                         while len(pending) > _MAX_PENDING:  # bound the encoded bytes held in memory
-                            pending.popleft().result()
+                            written.append(pending.popleft().result())
+                        if len(written) >= _SETTLE_EVERY:
+                            self._settle(dir_fd, written)
                     while pending:
-                        pending.popleft().result()
+                        written.append(pending.popleft().result())
                 finally:
                     for future in pending:  # finish what was encoded: "all before the failure" holds
                         with contextlib.suppress(Exception):
-                            future.result()
+                            written.append(future.result())
         finally:
+            self._settle(dir_fd, written)
             if paths and self.durable:
                 self._dir_sync.sync(dir_fd)
         return paths
+
+    def _settle(self, dir_fd: int, written: list[StagedRecord]) -> None:
+        """Make the written .part files durable (one flush for all), then give them their names."""
+        if written and self.durable:
+            try:
+                _fs.flush_files(dir_fd, [record.name + PART_SUFFIX for record in written])
+            except OSError as exc:
+                for record in written:
+                    _fs.unlink_quietly(dir_fd, record.name + PART_SUFFIX)
+                written.clear()
+                raise StageError(f"could not stage ({exc.strerror})", self.staging_dir, exc) from exc
+        while written:
+            self._publish(dir_fd, written.pop(0))
 
     def _prepare(self, ds: Dataset, kwargs: dict[str, Any]) -> _Prepared:
         data = encode(ds, **{"enforce_file_format": True, **kwargs})
@@ -165,18 +181,32 @@ class Stager:
         return _Prepared(name, data, attrs_from_dataset(ds, self.keywords))
 
     def _write(self, dir_fd: int, prepared: _Prepared) -> None:
+        self._publish(dir_fd, self._write_part(dir_fd, prepared, fsync=self.durable))
+
+    def _write_part(self, dir_fd: int, prepared: _Prepared, *, fsync: bool) -> StagedRecord:
+        """Write ``<name>.part`` (fsynced if asked) and return its record.
+
+        In stage_many this runs in the writer thread: hashlib releases the GIL, so hashing
+        overlaps with encoding the next dataset.
+        """
         part = prepared.name + PART_SUFFIX
-        # Hashed here, not in _prepare: in stage_many this runs in the writer thread, and
-        # hashlib releases the GIL, so hashing overlaps with encoding the next dataset.
         record = StagedRecord(prepared.name, hashlib.sha256(prepared.data).hexdigest(), len(prepared.data),
                               self.durable, prepared.attrs)  # fmt: skip
         try:
-            _fs.write_exclusive(dir_fd, part, prepared.data, durable=self.durable)
-            point("stage:after-write")
+            _fs.write_exclusive(dir_fd, part, prepared.data, durable=fsync)
+        except OSError as exc:
+            raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / part, exc) from exc
+        point("stage:after-write")
+        return record
+
+    def _publish(self, dir_fd: int, record: StagedRecord) -> None:
+        """Journal the record, then rename the complete ``.part`` file to its staged name."""
+        part = record.name + PART_SUFFIX
+        try:
             # The record goes first: a staged file then always has one, unless the line is lost.
             self._journal.append(record)
             point("stage:after-journal")
-            os.rename(part, prepared.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # a fresh name: nothing to clobber
+            os.rename(part, record.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # a fresh name: nothing to clobber
             point("stage:after-rename")
         except OSError as exc:
             _fs.unlink_quietly(dir_fd, part)
