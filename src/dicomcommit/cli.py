@@ -1,8 +1,9 @@
-"""The ``dicomcommit`` command line.
+"""dicomcommit: many processes write DICOM files into one archive, and none is ever lost.
 
 Exit codes: 0 done and nothing needs review; 1 a failure (nothing lost, the message says
 what and where); 2 a usage error; 3 done, but conflicts or invalid files were recorded
-(or, with ``--on-conflict error``, a conflict stopped the commit).
+(or, with --on-conflict error, a conflict stopped the commit; for recover: something
+needs attention).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dicomcommit.review import show
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
