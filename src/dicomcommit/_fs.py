@@ -186,9 +186,10 @@ class DirTree:
     the tree is durable), so a batch spread over many series never runs out of fds.
     """
 
-    def __init__(self, root: Path, *, durable: bool = True, max_open: int = 256) -> None:
+    def __init__(self, root: Path, *, durable: bool = True, tmp: tuple[str, ...] = (), max_open: int = 256) -> None:
         self.root = root
         self.durable = durable
+        self._tmp = tmp
         self._max_open = max_open
         self._root_fd = open_root(root)
         self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict({(): self._root_fd})
@@ -244,6 +245,41 @@ class DirTree:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             return CommitError("not a real directory (a symlink or a file); refusing to follow it", path, exc)
         return CommitError(f"cannot open directory ({exc.strerror})", path, exc)
+
+    def link_in(
+        self, src_dir_fd: int, src: str, dirs: tuple[str, ...], name: str, *, open_src: Callable[[], int], copy: bool
+    ) -> Placed:
+        """Give the file *src* the name *dirs*/*name* below the root, never clobbering.
+
+        With *copy*, or when the file is on another filesystem (``EXDEV``), its bytes are
+        first copied into the tree's *tmp* directory (fsynced when durable), and the copy is
+        linked: the root then never shares an inode with what it copied from.
+
+        Raises:
+            NoClobberUnsupported: the filesystem has no hard links.
+            OSError: any other failure.
+        """
+        dst_fd = self.dir_fd(dirs)
+        where = "/".join((str(self.root), *dirs, name))
+        placed = None
+        if not copy:
+            try:
+                placed = link_noclobber(src_dir_fd, src, dst_fd, name, where=where)
+            except NoClobberUnsupported:
+                raise
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+        if placed is None:
+            tmp_fd = self.dir_fd(self._tmp)
+            tmp = copy_exclusive(open_src(), tmp_fd, durable=self.durable)
+            try:
+                placed = link_noclobber(tmp_fd, tmp, dst_fd, name, where=where)
+            finally:
+                unlink_quietly(tmp_fd, tmp)
+        if placed is Placed.CREATED:
+            self.touch(dirs)
+        return placed
 
     def touch(self, parts: tuple[str, ...]) -> None:
         """Note that the directory *parts* gained or lost an entry."""

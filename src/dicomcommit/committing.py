@@ -256,7 +256,7 @@ class _Committer:
     def _batch(self, names: list[str], manifest: Manifest) -> None:
         if self.journal is not None:
             self.journal.refresh()
-        self.tree = _fs.DirTree(self.archive, durable=self.durable)
+        self.tree = _fs.DirTree(self.archive, durable=self.durable, tmp=TMP_DIR)
         self.staging_fd = _fs.open_root(self.staging)
         done: list[tuple[Record, str]] = []
         try:
@@ -412,34 +412,18 @@ class _Committer:
         return self._record(staged, "invalid", None, "/".join((*INVALID_DIR, fname)), detail=reason)
 
     def _link(self, staged: _Staged, dirs: tuple[str, ...], fname: str) -> _fs.Placed:
-        dst_fd = self.tree.dir_fd(dirs)
-        where = "/".join((str(self.archive), *dirs, fname))
-        if self.mode == "copy":  # the archive must not share an inode with a tree it copies from
-            placed = self._copy_then_link(staged, dst_fd, fname, where)
-            if placed is _fs.Placed.CREATED:
-                self.tree.touch(dirs)
-            return placed
         try:
-            placed = _fs.link_noclobber(self.staging_fd, staged.name, dst_fd, fname, where=where)
+            # copy mode: the archive must not share an inode with a tree it copies from
+            placed = self.tree.link_in(self.staging_fd, staged.name, dirs, fname, open_src=partial(self._open, staged),
+                                       copy=self.mode == "copy")  # fmt: skip
         except DicomCommitError:
             raise
         except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise CommitError(f"cannot link {self.staging / staged.name} ({exc.strerror})", where, exc) from exc
-            placed = self._copy_then_link(staged, dst_fd, fname, where)
+            where = "/".join((str(self.archive), *dirs, fname))
+            raise CommitError(f"cannot link {self.staging / staged.name} ({exc.strerror})", where, exc) from exc
         if placed is _fs.Placed.CREATED:
-            self.tree.touch(dirs)
             point("commit:after-link")
         return placed
-
-    def _copy_then_link(self, staged: _Staged, dst_fd: int, fname: str, where: str) -> _fs.Placed:
-        # Staging is on another filesystem: copy onto the archive's, then link from there.
-        tmp_fd = self.tree.dir_fd(TMP_DIR)
-        tmp = _fs.copy_exclusive(self._open(staged), tmp_fd, durable=self.durable)
-        try:
-            return _fs.link_noclobber(tmp_fd, tmp, dst_fd, fname, where=where)
-        finally:
-            _fs.unlink_quietly(tmp_fd, tmp)
 
     def _existing_sha256(self, dirs: tuple[str, ...], fname: str) -> str | None:
         """The hash of the file at a taken name; None when it is a symlink or not a file."""

@@ -15,7 +15,6 @@ The lock is never deleted: a lock held by a dead process is released by the kern
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -123,7 +122,7 @@ def _abandoned_parts(
     open_inodes = _open_inodes()
     cutoff = time.time() - part_age
     staging_fd = _fs.open_root(staging)
-    tree = _fs.DirTree(archive)
+    tree = _fs.DirTree(archive, tmp=TMP_DIR)
     records = []
     try:
         with os.scandir(staging) as listing:
@@ -151,21 +150,10 @@ def _set_aside_part(staging_fd: int, name: str, tree: _fs.DirTree) -> Record:
     fd = _fs.open_read(name, staging_fd)
     try:
         sha256, size = hash_file(fd)
-        dst_fd = tree.dir_fd(INVALID_DIR)
-        where = "/".join((*INVALID_DIR, sha256))
-        try:
-            _fs.link_noclobber(staging_fd, name, dst_fd, sha256, where=where)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:  # across filesystems: copy onto the archive's, then link
-                raise
-            tmp = _fs.copy_exclusive(fd, tree.dir_fd(TMP_DIR), durable=True)
-            try:
-                _fs.link_noclobber(tree.dir_fd(TMP_DIR), tmp, dst_fd, sha256, where=where)
-            finally:
-                _fs.unlink_quietly(tree.dir_fd(TMP_DIR), tmp)
-        tree.touch(INVALID_DIR)
+        tree.link_in(staging_fd, name, INVALID_DIR, sha256, open_src=lambda: fd, copy=False)
     finally:
         os.close(fd)
+    where = "/".join((*INVALID_DIR, sha256))
     detail = "unfinished stage (.part) abandoned by a writer that is gone; set aside by recover"
     return Record("invalid", None, where, name, size, sha256, run="recover", time=now(), detail=detail)
 
