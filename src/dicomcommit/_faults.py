@@ -30,7 +30,9 @@ BATCH_POINTS = frozenset({"commit:before-manifest", "commit:in-manifest", "commi
 
 _SPEC = os.environ.get("DICOMCOMMIT_CRASH_AT", "")
 _NAME, _, _COUNT = _SPEC.rpartition(":")
-_left = int(_COUNT or 1) if _SPEC else 0
+# A malformed value (no ":<n>", or not a number) arms nothing: a stray variable must never
+# stop the library from importing.
+_left = int(_COUNT) if _NAME and _COUNT.isdigit() else 0
 
 
 def point(name: str) -> None:
