@@ -2,8 +2,9 @@
 
 Per batch, under the archive lock:
 
-1. find the file's naming attributes and hash (from the stager's journal, else its header);
-2. render its target and hard-link it there (``link`` fails if the name is taken);
+1. find each file's naming attributes and hash (from the stager's journal, else its header);
+   files whose bytes may not be durable yet (foreign ones) are flushed together, once;
+2. render each target and hard-link the file there (``link`` fails if the name is taken);
 3. taken by our own inode: an interrupted earlier run already did it -> committed;
    taken by identical bytes -> duplicate; by other bytes -> conflict, and the staged bytes
    are linked into ``.dicomcommit/conflicts/`` (or, with ``on_conflict="suffix"``, under
