@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.archive import archive_lock, check_dirs, new_run_id
-from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError
+from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError, names_os_errors
 from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
@@ -93,6 +93,7 @@ class CommitReport:
                 "left_in_place": left}  # fmt: skip
 
 
+@names_os_errors("commit")
 def commit(
     staging_dir: str | os.PathLike[str],
     archive_dir: str | os.PathLike[str],
@@ -127,37 +128,12 @@ def commit(
         LockTimeout: the archive lock was not acquired in *lock_timeout* seconds.
         CommitError: an OS error on a named file; that file is still staged.
     """
-    try:
-        return _commit(
-            Path(staging_dir), Path(archive_dir), template=template, on_conflict=on_conflict, durable=durable,
-            dry_run=dry_run, allow_collisions=allow_collisions, batch_size=batch_size, lock_timeout=lock_timeout,
-            progress=progress,
-        )  # fmt: skip
-    except DicomCommitError:
-        raise
-    except OSError as exc:  # the last net: every OS error leaves commit named, as a CommitError
-        raise CommitError(f"commit failed ({exc.strerror})", exc.filename or staging_dir, exc) from exc
-
-
-def _commit(
-    staging_dir: Path,
-    archive_dir: Path,
-    *,
-    template: str,
-    on_conflict: OnConflict,
-    durable: bool,
-    dry_run: bool,
-    allow_collisions: bool,
-    batch_size: int,
-    lock_timeout: float | None,
-    progress: Progress | None,
-) -> CommitReport:
     if on_conflict not in ON_CONFLICT_CHOICES:
         raise UsageError(f"on_conflict must be one of {', '.join(ON_CONFLICT_CHOICES)}, not {on_conflict!r}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}")
     parsed = parse_template(template, allow_collisions=allow_collisions)
-    staging, archive = check_dirs(staging_dir, archive_dir)
+    staging, archive = check_dirs(Path(staging_dir), Path(archive_dir))
     scan = scan_staging(staging)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped), left_in_place=scan.skipped)
     for name, reason in scan.skipped:

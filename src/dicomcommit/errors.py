@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -90,3 +93,27 @@ class LockTimeout(DicomCommitError, TimeoutError):
 
 class ManifestError(DicomCommitError):
     """The manifest is missing, unreadable, or has no such row."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def names_os_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a public call so that any ``OSError`` it lets through leaves it as a
+    :class:`CommitError` naming the file (or, without one, the call's first argument)."""
+
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return function(*args, **kwargs)
+            except DicomCommitError:
+                raise
+            except OSError as exc:
+                where: Any = exc.filename or (args[0] if args else "")
+                raise CommitError(f"{what} failed ({exc.strerror})", where, exc) from exc
+
+        return wrapper
+
+    return decorate

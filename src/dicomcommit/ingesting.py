@@ -16,13 +16,14 @@ from pathlib import Path
 
 from dicomcommit.archive import check_dirs, new_run_id
 from dicomcommit.committing import DEFAULT_BATCH, CommitReport, OnConflict, Progress, commit_names
-from dicomcommit.errors import CommitError, DicomCommitError, UsageError
+from dicomcommit.errors import UsageError, names_os_errors
 from dicomcommit.headers import Described, describe
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
 from dicomcommit.planning import plan
 from dicomcommit.scanning import scan_staging
 
 
+@names_os_errors("ingest")
 def ingest(
     source_dir: str | os.PathLike[str],
     archive_dir: str | os.PathLike[str],
@@ -55,22 +56,17 @@ def ingest(
     if jobs < 1:
         raise UsageError(f"jobs must be at least 1, not {jobs}")
     parsed = parse_template(template, allow_collisions=allow_collisions)
-    try:
-        source, archive = check_dirs(Path(source_dir), Path(archive_dir), what="source")
-        scan = scan_staging(source, include_hidden=True)
-        report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped),
-                              left_in_place=list(scan.skipped))  # fmt: skip
-        if dry_run:
-            plan(source, archive, scan.files, parsed, report, leave_invalid=True)
-            return report
-        described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
-        commit_names(source, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable,
-                     batch_size=batch_size, lock_timeout=lock_timeout, progress=progress,
-                     mode="move" if move else "copy", described=described)  # fmt: skip
-    except DicomCommitError:
-        raise
-    except OSError as exc:
-        raise CommitError(f"ingest failed ({exc.strerror})", exc.filename or source_dir, exc) from exc
+    source, archive = check_dirs(Path(source_dir), Path(archive_dir), what="source")
+    scan = scan_staging(source, include_hidden=True)
+    report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped),
+                          left_in_place=list(scan.skipped))  # fmt: skip
+    if dry_run:
+        plan(source, archive, scan.files, parsed, report, leave_invalid=True)
+        return report
+    described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
+    commit_names(source, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable,
+                 batch_size=batch_size, lock_timeout=lock_timeout, progress=progress,
+                 mode="move" if move else "copy", described=described)  # fmt: skip
     return report
 
 
