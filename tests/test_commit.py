@@ -322,15 +322,21 @@ def test_a_symlink_at_the_target_is_a_conflict(tmp_path: Path, dirs: tuple[Path,
     assert victim.read_bytes() == b"keep me"
 
 
-def test_committed_files_keep_the_staged_mode(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+@pytest.mark.parametrize("where", ["same filesystem", "other filesystem"])
+def test_committed_files_keep_the_staged_mode(
+    dirs: tuple[Path, Path], make_ds: MakeDs, request: pytest.FixtureRequest, where: str
+) -> None:
     staging, archive = dirs
-    old = os.umask(0o022)
+    if where == "other filesystem":  # copied across: the copy keeps the mode too
+        staging = request.getfixturevalue("other_fs_staging")
+    old = os.umask(0o027)
     try:
         Stager(staging).stage(make_ds(1))
     finally:
         os.umask(old)
     commit(staging, archive)
-    assert stat.S_IMODE((archive / _target(make_ds(1))).stat().st_mode) == 0o644
+    # the umask's mode, not 0600 from a temp-file helper
+    assert stat.S_IMODE((archive / _target(make_ds(1))).stat().st_mode) == 0o640
 
 
 def test_durable_commit_fsyncs_each_directory_once_per_batch(

@@ -18,7 +18,6 @@ finds its earlier links (same inode) and records them, so commit converges.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat
@@ -32,7 +31,7 @@ from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.archive import archive_lock, check_dirs, new_run_id
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError, names_os_errors
-from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs
+from dicomcommit.headers import Described, NotDicom, hash_at, hash_file, read_attrs
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record
@@ -49,6 +48,7 @@ DEFAULT_BATCH = 2000
 
 Progress = Callable[[int, int], None]
 _REVIEW = frozenset({"conflict", "invalid"})
+_COUNTED = {"committed": "committed", "duplicate": "duplicates", "conflict": "conflicts", "invalid": "invalid"}
 _T = TypeVar("_T")
 
 
@@ -60,14 +60,19 @@ class CommitReport:
     duplicates: int = 0
     conflicts: int = 0
     invalid: int = 0
-    skipped: int = 0  # unfinished .part files, symlinks and special files, left in staging
     run: str = ""
     dry_run: bool = False
     #: The conflicts and invalid files of this run (in a dry run: every predicted outcome).
     #: Every outcome is in the manifest: ``Manifest(archive).records(run=report.run)``.
     records: list[Record] = field(default_factory=list)
-    #: Files left where they were, with why (counted in ``skipped``).
+    #: Files left where they were, with why: unfinished .part files, symlinks, special files,
+    #: and (ingest) files that are not DICOM.
     left_in_place: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """How many files were left where they were."""
+        return len(self.left_in_place)
 
     @property
     def needs_review(self) -> bool:
@@ -76,8 +81,8 @@ class CommitReport:
 
     def count(self, record: Record) -> None:
         """Add *record* to the counts and the list."""
-        attr = {"committed": "committed", "duplicate": "duplicates", "conflict": "conflicts", "invalid": "invalid"}
-        setattr(self, attr[record.status], getattr(self, attr[record.status]) + 1)
+        field_name = _COUNTED[record.status]
+        setattr(self, field_name, getattr(self, field_name) + 1)
         if self.dry_run or record.status in _REVIEW:
             self.records.append(record)
 
@@ -135,7 +140,7 @@ def commit(
     parsed = parse_template(template, allow_collisions=allow_collisions)
     staging, archive = check_dirs(Path(staging_dir), Path(archive_dir))
     scan = scan_staging(staging)
-    report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped), left_in_place=scan.skipped)
+    report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=scan.skipped)
     for name, reason in scan.skipped:
         log.warning("left in staging: %s (%s)", staging / name, reason)
     if dry_run:
@@ -293,7 +298,6 @@ class _Committer:
             if self.mode == "staging":
                 return self._set_aside(staged, staged.invalid)
             self.report.left_in_place.append((staged.name, staged.invalid))
-            self.report.skipped += 1
             return None
         finally:
             self._close(staged)
@@ -323,7 +327,7 @@ class _Committer:
             staged.unsynced = self.mode != "copy"
             return staged
         record = None if self.journal is None else self.journal.get(name)
-        if record is not None and record.size == st.st_size and all(k in record.attrs for k in self.template.keywords):
+        if record is not None and record.serves(st.st_size, self.template.keywords):
             staged.sha256, staged.attrs, staged.unsynced = record.sha256, record.attrs, not record.durable
             return staged
         try:
@@ -404,16 +408,8 @@ class _Committer:
 
     def _existing_sha256(self, dirs: tuple[str, ...], fname: str) -> str | None:
         """The hash of the file at a taken name; None when it is a symlink or not a file."""
-        try:
-            fd = _fs.open_read(fname, self.tree.dir_fd(dirs))
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return None
-            raise
-        try:
-            return hash_file(fd)[0] if stat.S_ISREG(os.fstat(fd).st_mode) else None
-        finally:
-            os.close(fd)
+        found = hash_at(fname, dir_fd=self.tree.dir_fd(dirs))
+        return None if found is None else found[0]
 
     def _record(
         self, staged: _Staged, status: str, target: str | None, path: str, *, detail: str, existing: str | None = None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,6 +91,26 @@ def describe(path: str, keywords: Sequence[str]) -> Described:
             return Described(size, sha256, read_attrs(fd, keywords), None)
         except NotDicom as exc:
             return Described(size, sha256, {}, str(exc))
+    finally:
+        os.close(fd)
+
+
+def hash_at(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> tuple[str, int] | None:
+    """(sha256, size) of the regular file at *path* (relative to *dir_fd*, if given).
+
+    A symlink there is not followed. Returns None when nothing is there, or when it is a
+    symlink, a directory or a special file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    try:
+        return hash_file(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else None
     finally:
         os.close(fd)
 

@@ -58,8 +58,7 @@ def ingest(
     parsed = parse_template(template, allow_collisions=allow_collisions)
     source, archive = check_dirs(Path(source_dir), Path(archive_dir), what="source")
     scan = scan_staging(source, include_hidden=True)
-    report = CommitReport(run=new_run_id(), dry_run=dry_run, skipped=len(scan.skipped),
-                          left_in_place=list(scan.skipped))  # fmt: skip
+    report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=list(scan.skipped))
     if dry_run:
         plan(source, archive, scan.files, parsed, report, leave_invalid=True)
         return report

@@ -19,6 +19,7 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,11 @@ class StagedRecord:
     size: int
     durable: bool
     attrs: Attrs
+
+    def serves(self, size: int, keywords: Iterable[str]) -> bool:
+        """Whether this record can stand in for reading the file: the file still has the
+        recorded size, and every keyword the template needs was recorded."""
+        return self.size == size and all(k in self.attrs for k in keywords)
 
     def to_line(self) -> bytes:
         """Encode as one journal line."""

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dicomcommit.headers import NotDicom, hash_file, read_attrs
+from dicomcommit.headers import NotDicom, hash_at, hash_file, read_attrs
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR
 from dicomcommit.manifest import Record
@@ -60,7 +60,7 @@ def _plan(
             continue
         try:
             record = journal.get(name)
-            if record is not None and not all(k in record.attrs for k in template.keywords):
+            if record is not None and not record.serves(os.fstat(fd).st_size, template.keywords):
                 record = None
             sha256, size = (record.sha256, record.size) if record is not None else hash_file(fd)
             try:
@@ -68,7 +68,6 @@ def _plan(
             except NotDicom as exc:
                 if leave_invalid:
                     report.left_in_place.append((name, str(exc)))
-                    report.skipped += 1
                 else:
                     report.count(Record("invalid", None, "", name, size, sha256, detail=str(exc), run=report.run))
                 continue
@@ -87,14 +86,8 @@ def _plan(
 
 
 def _hash_at(path: Path) -> str | None:
-    """The hash of what is at *path*; None if nothing is; "" if something unreadable is."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return ""
-    try:
-        return hash_file(fd)[0]
-    finally:
-        os.close(fd)
+    """The hash of what is at *path*; None if nothing is; "" if something that is not a file is."""
+    found = hash_at(path)
+    if found is not None:
+        return found[0]
+    return "" if os.path.lexists(path) else None

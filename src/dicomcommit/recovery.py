@@ -25,7 +25,7 @@ from dicomcommit import _fs
 from dicomcommit.archive import archive_lock, new_run_id
 from dicomcommit.committing import CommitReport, commit_names
 from dicomcommit.errors import UsageError
-from dicomcommit.headers import hash_file
+from dicomcommit.headers import hash_at, hash_file
 from dicomcommit.layout import INVALID_DIR, STATE_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
@@ -202,13 +202,13 @@ def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, rep
     for rel in _archive_files(archive):
         if rel in by_path:
             continue
+        found = hash_at(archive / rel)
+        if found is None:
+            report.mismatched.append(f"{rel}: not a regular file (a symlink?), left alone")
+            continue
         report.rows_added.append(rel)
         if not check:
-            fd = os.open(archive / rel, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                sha256, size = hash_file(fd)
-            finally:
-                os.close(fd)
+            sha256, size = found
             detail = "in the archive with no manifest row; recorded by recover"
             added.append(Record("committed", rel, rel, f"archive:{rel}", size, sha256, run="recover", time=now(),
                                 detail=detail))  # fmt: skip
@@ -224,11 +224,8 @@ def _check_bytes(archive: Path, record: Record, verify: bool, report: RecoverRep
     if st.st_size != record.size:
         report.mismatched.append(f"#{record.id} {record.path}: {st.st_size} bytes, the manifest says {record.size}")
     elif verify:
-        fd = os.open(archive / record.path, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            sha256, _ = hash_file(fd)
-        finally:
-            os.close(fd)
+        found = hash_at(archive / record.path)
+        sha256 = None if found is None else found[0]
         if sha256 != record.sha256:
             report.mismatched.append(f"#{record.id} {record.path}: sha256 {sha256}, the manifest says {record.sha256}")
 

@@ -25,7 +25,7 @@ from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.archive import archive_lock
 from dicomcommit.errors import CommitError, DicomCommitError, UsageError
-from dicomcommit.headers import hash_file
+from dicomcommit.headers import hash_at
 from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
 from dicomcommit.manifest import Manifest, Record, now
 
@@ -185,14 +185,8 @@ def _link_rel(tree: _fs.DirTree, src: str, dst: str) -> None:
 
 
 def _sha_at(dir_fd: int, name: str) -> str | None:
-    try:
-        fd = _fs.open_read(name, dir_fd)
-    except FileNotFoundError:
-        return None
-    try:
-        return hash_file(fd)[0]
-    finally:
-        os.close(fd)
+    found = hash_at(name, dir_fd=dir_fd)
+    return None if found is None else found[0]
 
 
 def _conflict_copy(row: Record) -> str:

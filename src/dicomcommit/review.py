@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from dicomcommit.headers import hash_at
 from dicomcommit.manifest import Manifest, Record
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
@@ -83,11 +83,10 @@ def show(archive_dir: str | Path, record_id: int) -> Shown:
 
 def _info(archive: Path, rel: str) -> FileInfo:
     path = archive / rel
-    try:
-        data = path.read_bytes()
-    except OSError:
+    found = hash_at(path)  # chunked: a 50 MB file is not read into memory at once
+    if found is None:
         return FileInfo(str(path), None, None)
-    return FileInfo(str(path), len(data), hashlib.sha256(data).hexdigest())
+    return FileInfo(str(path), found[1], found[0])
 
 
 def diff_files(existing: Path, staged: Path) -> FileDiff:
