@@ -24,9 +24,11 @@ from dicomcommit import (
     TemplateError,
     UsageError,
     commit,
+    dcmwrite,
 )
 from dicomcommit import headers as headers_module
-from tests.conftest import archive_files, copy_in, sha256_of, staged_files
+from dicomcommit.demo import synthetic_dataset
+from tests.conftest import ROOT, archive_files, copy_in, sha256_of, staged_files
 
 MakeDs = Callable[..., Dataset]
 
@@ -164,6 +166,46 @@ def test_foreign_files_are_named_from_their_headers(dirs: tuple[Path, Path]) -> 
     assert (report.committed, report.conflicts) == (3, 1), report.records
     ct_path = next(p for p in archive_files(archive) if p.startswith("1CT1/"))
     assert ct_path.endswith("/1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322.dcm")
+
+
+def _bytes_read() -> int:
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+def test_a_foreign_file_is_named_and_committed_without_reading_its_pixel_data(
+    dirs: tuple[Path, Path], make_ds: MakeDs
+) -> None:
+    staging, archive = dirs
+    big = synthetic_dataset(ROOT, 1, size=4096)  # 32 MiB of pixel data
+    dcmwrite(staging / "big.dcm", big, enforce_file_format=True)
+    size = (staging / "big.dcm").stat().st_size
+    before = _bytes_read()
+    assert commit(staging, archive).committed == 1
+    assert _bytes_read() - before < 1024 * 1024  # the header, the manifest, the journal dir
+    with Manifest(archive) as manifest:
+        (row,) = manifest.records()
+    assert (row.sha256, row.size) == (None, size)  # not hashed: `recover --verify` fills it in
+    # A name already taken is the one case that reads the bytes: both files are hashed.
+    dcmwrite(staging / "again.dcm", big, enforce_file_format=True)
+    before = _bytes_read()
+    report = commit(staging, archive)
+    assert report.duplicates == 1
+    assert _bytes_read() - before >= 2 * size
+    assert _run_rows(archive, report.run)[0].sha256 == sha256_of(archive / row.path)
+
+
+def test_a_foreign_conflict_records_both_hashes(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+    staging, archive = dirs
+    dcmwrite(staging / "a.dcm", make_ds(1), enforce_file_format=True)
+    commit(staging, archive)
+    dcmwrite(staging / "b.dcm", make_ds(1, variant=1), enforce_file_format=True)
+    kept = sha256_of(staging / "b.dcm")
+    report = commit(staging, archive)
+    (row,) = report.records
+    assert (row.status, row.sha256) == ("conflict", kept)
+    assert row.existing_sha256 == sha256_of(archive / _target(make_ds(1)))
+    assert row.path == f".dicomcommit/conflicts/{kept}.dcm"
 
 
 def test_staged_files_are_committed_without_reading_their_headers(

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomcommit import Manifest, Stager, UsageError, commit
+from dicomcommit import Manifest, Stager, UsageError, commit, dcmwrite
 from dicomcommit.cli import main
 from dicomcommit.recovery import recover
-from tests.conftest import archive_files, staged_files
+from tests.conftest import archive_files, sha256_of, staged_files
 
 MakeDs = Callable[..., Dataset]
 
@@ -113,6 +113,27 @@ def test_verify_catches_changed_bytes(dirs: tuple[Path, Path], make_ds: MakeDs) 
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     assert not recover(archive, check=True).needs_attention  # same size: only --verify sees it
+    assert len(recover(archive, check=True, verify=True).mismatched) == 1
+
+
+def test_verify_fills_in_the_hashes_commit_did_not_compute(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+    staging, archive = dirs
+    dcmwrite(staging / "foreign.dcm", make_ds(1), enforce_file_format=True)
+    commit(staging, archive)
+    path = archive / _target(make_ds(1))
+    with Manifest(archive) as manifest:
+        assert [r.sha256 for r in manifest.records()] == [None]
+    checked = recover(archive, check=True, verify=True)
+    assert (len(checked.hashed), checked.needs_attention) == (1, False)
+    with Manifest(archive) as manifest:
+        assert [r.sha256 for r in manifest.records()] == [None]  # check changes nothing
+    assert len(recover(archive, verify=True).hashed) == 1
+    with Manifest(archive) as manifest:
+        assert [r.sha256 for r in manifest.records()] == [sha256_of(path)]
+    assert recover(archive, verify=True).hashed == []
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))  # from now on a change is caught
     assert len(recover(archive, check=True, verify=True).mismatched) == 1
 
 

@@ -120,6 +120,7 @@ def test_keep_both_commits_under_a_derived_name(conflicts: tuple[Path, dict[int,
     archive, ids = conflicts
     row = resolve(archive, ids[2], "both")
     assert row.status == "committed"
+    assert row.sha256 is not None
     assert row.path == _target(make_ds(2)).removesuffix(".dcm") + f"~{row.sha256[:12]}.dcm"
     assert archive_files(archive)[row.path] == row.sha256
 

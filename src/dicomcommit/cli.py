@@ -118,7 +118,11 @@ def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
         metavar="SECONDS",
         help=f"set aside .part files older than this that no process has open [{DEFAULT_PART_AGE:g}]",
     )
-    rc.add_argument("--verify", action="store_true", help="also hash every recorded file against the manifest")
+    rc.add_argument(
+        "--verify",
+        action="store_true",
+        help="also hash every recorded file against the manifest, and fill in missing hashes",
+    )
     rc.add_argument("--template", default=DEFAULT_TEMPLATE, help="the template the interrupted commit used")
 
     d = sub.add_parser("demo", help="stage synthetic datasets from several processes, then commit them")

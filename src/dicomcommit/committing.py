@@ -2,11 +2,13 @@
 
 Per batch, under the archive lock:
 
-1. find each file's naming attributes and hash (from the stager's journal, else its header);
-   files whose bytes may not be durable yet (foreign ones) are flushed together, once;
+1. find each file's naming attributes (from the stager's journal, else its header: a
+   foreign file's pixel data is never read to name it); files whose bytes may not be
+   durable yet (foreign ones) are flushed together, once;
 2. render each target and hard-link the file there (``link`` fails if the name is taken);
 3. taken by our own inode: an interrupted earlier run already did it -> committed;
-   taken by identical bytes -> duplicate; by other bytes -> conflict, and the staged bytes
+   taken by identical bytes (hashes compared; a foreign file is hashed only now) ->
+   duplicate; by other bytes -> conflict, and the staged bytes
    are linked into ``.dicomcommit/conflicts/`` (or, with ``on_conflict="suffix"``, under
    a derived name);
 4. fsync every touched directory once, record the batch in the manifest in one
@@ -181,7 +183,7 @@ class _Staged:
 
     name: str
     size: int
-    sha256: str = ""
+    sha256: str = ""  # "" until known: from the journal, or hashed when a comparison needs it
     attrs: Attrs = field(default_factory=dict)
     unsynced: bool = False  # its bytes may not be durable yet
     invalid: str | None = None  # why it is not DICOM we can name
@@ -323,7 +325,7 @@ class _Committer:
         staged = _Staged(name, st.st_size)
         known = self.described.pop(name, None)
         if known is not None and known.size == st.st_size:
-            staged.sha256, staged.attrs, staged.invalid = known.sha256, known.attrs, known.invalid
+            staged.attrs, staged.invalid = known.attrs, known.invalid
             staged.unsynced = self.mode != "copy"
             return staged
         record = None if self.journal is None else self.journal.get(name)
@@ -332,7 +334,6 @@ class _Committer:
             return staged
         try:
             fd = self._open(staged)
-            staged.sha256, staged.size = hash_file(fd)
             # A foreign writer may not have made its bytes durable; copies are fsynced themselves.
             staged.unsynced = self.mode != "copy"
             try:
@@ -343,6 +344,12 @@ class _Committer:
             self._close(staged)  # a batch keeps no fds open; EXDEV copies reopen
         return staged
 
+    def _sha256(self, staged: _Staged) -> str:
+        """The staged file's hash, reading its bytes if nothing has yet."""
+        if not staged.sha256:
+            staged.sha256, _ = hash_file(self._open(staged))
+        return staged.sha256
+
     def _place(self, staged: _Staged) -> Record:
         target = self.template.render(staged.attrs)
         dirs, fname = _fs.split_rel(target)
@@ -351,7 +358,7 @@ class _Committer:
             detail = "" if placed is _fs.Placed.CREATED else "linked by an interrupted earlier run"
             return self._record(staged, "committed", target, target, detail=detail)
         existing = self._existing_sha256(dirs, fname)
-        if existing == staged.sha256:
+        if existing == self._sha256(staged):
             return self._record(staged, "duplicate", target, target, detail="identical file already committed")
         if self.on_conflict == "error":
             raise ConflictError(str(self.staging / staged.name), str(self.archive / target))
@@ -364,7 +371,8 @@ class _Committer:
     def _commit_suffixed(self, staged: _Staged, target: str, existing: str | None) -> Record | None:
         dirs, fname = _fs.split_rel(target)
         stem, dot, ext = fname.rpartition(".")
-        derived = f"{stem}~{staged.sha256[:12]}.{ext}" if dot and stem else f"{fname}~{staged.sha256[:12]}"
+        sha12 = self._sha256(staged)[:12]
+        derived = f"{stem}~{sha12}.{ext}" if dot and stem else f"{fname}~{sha12}"
         placed = self._link(staged, dirs, derived)
         derived_rel = "/".join((*dirs, derived))
         if placed is not _fs.Placed.EXISTS:
@@ -377,7 +385,7 @@ class _Committer:
         return None
 
     def _keep_conflict(self, staged: _Staged, target: str, existing: str | None) -> Record:
-        fname = f"{staged.sha256}.dcm"
+        fname = f"{self._sha256(staged)}.dcm"
         path = "/".join((*CONFLICTS_DIR, fname))
         if self._link(staged, CONFLICTS_DIR, fname) is _fs.Placed.EXISTS:
             # conflict copies are named by their hash: these bytes are already kept
@@ -388,7 +396,7 @@ class _Committer:
         return self._record(staged, "conflict", target, path, detail=f"the target holds {what}", existing=existing)
 
     def _set_aside(self, staged: _Staged, reason: str) -> Record:
-        fname = staged.sha256
+        fname = self._sha256(staged)
         self._link(staged, INVALID_DIR, fname)  # named by hash: an identical copy is already kept
         return self._record(staged, "invalid", None, "/".join((*INVALID_DIR, fname)), detail=reason)
 
@@ -421,7 +429,7 @@ class _Committer:
             path=path,
             source=self.prefix + staged.name,
             size=staged.size,
-            sha256=staged.sha256,
+            sha256=staged.sha256 or None,
             attrs=attrs,
             run=self.report.run,
             detail=detail,

@@ -34,7 +34,14 @@ def print_table(records: list[Record], out: TextIO) -> None:
         return
     header = ("ID", "STATUS", "TARGET", "PATH", "SHA256", "DETAIL")
     rows = [
-        (str(r.id), r.status, _short(r.target or "-", 60), _short(r.path, 48), r.sha256[:12], _short(r.detail, 60))
+        (
+            str(r.id),
+            r.status,
+            _short(r.target or "-", 60),
+            _short(r.path, 48),
+            (r.sha256 or "-")[:12],
+            _short(r.detail, 60),
+        )
         for r in records
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
@@ -61,6 +68,7 @@ def print_recovery(report: RecoverReport, out: TextIO) -> None:
         (report.parts_left, ".part files are young or still open: left alone"),
         (report.tmp_removed, f"leftover temp copies {verb} removed"),
         (report.rows_added, f"archive files with no manifest row {verb} recorded"),
+        (report.hashed, f"rows with no hash yet {verb} given the hash of their bytes"),
     )
     for items, text in lines:
         if items:
@@ -86,7 +94,7 @@ def print_shown(shown: Shown, archive: Path, out: TextIO) -> None:
     """Print a row; for a conflict, both files side by side and what differs."""
     r = shown.record
     print(f"#{r.id} {r.status}: {r.target or '-'}", file=out)
-    print(f"  bytes at {r.path} ({r.size} bytes, sha256 {r.sha256})", file=out)
+    print(f"  bytes at {r.path} ({r.size} bytes, sha256 {r.sha256 or 'not computed yet'})", file=out)
     print(f"  staged as {r.source} in run {r.run} at {r.time}", file=out)
     if r.detail:
         print(f"  {r.detail}", file=out)

@@ -70,27 +70,26 @@ def _read_with_pydicom(fd: int, keywords: Sequence[str]) -> Attrs:
 
 @dataclass(frozen=True)
 class Described:
-    """What naming needs of one file: size, hash, attributes, or why it is not DICOM."""
+    """What naming needs of one file: size, attributes, or why it is not DICOM."""
 
     size: int
-    sha256: str
     attrs: Attrs
     invalid: str | None
 
 
 def describe(path: str, keywords: Sequence[str]) -> Described:
-    """Hash and read the header of the file at *path* (for worker processes).
+    """Read the header of the file at *path* (for worker processes).
 
     Raises:
         OSError: the file cannot be read.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        sha256, size = hash_file(fd)
+        size = os.fstat(fd).st_size
         try:
-            return Described(size, sha256, read_attrs(fd, keywords), None)
+            return Described(size, read_attrs(fd, keywords), None)
         except NotDicom as exc:
-            return Described(size, sha256, {}, str(exc))
+            return Described(size, {}, str(exc))
     finally:
         os.close(fd)
 

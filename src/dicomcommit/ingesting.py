@@ -3,8 +3,9 @@
 The tree may hold any names, nested folders and non-DICOM files. DICOM files are copied
 (or, with ``move``, moved) into the archive under their header-derived names, with the
 same no-clobber links, duplicate and conflict handling, and manifest as ``commit``. Other
-files are reported and left where they are. Only headers are read to name a file (and the
-content once, for its hash). Rerunning on the same tree finds everything a duplicate.
+files are reported and left where they are. Only headers are read to name a file; its
+content is read again only when its name is taken and the bytes must be compared. Rerunning
+on the same tree finds everything a duplicate.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def ingest(
     Args:
         move: remove each source file once its bytes are committed or recorded (default:
             copy, and leave the source tree as it was).
-        jobs: processes reading headers and hashing in parallel.
+        jobs: processes reading headers in parallel.
         Others: as :func:`dicomcommit.commit`.
 
     Returns:

@@ -1,8 +1,12 @@
 """The manifest: an SQLite record of what happened to every staged file.
 
 ``ARCHIVE/.dicomcommit/manifest.sqlite``; any SQLite tool can read it. Paths in it are
-relative to the archive root. A row is keyed by (source, sha256), so a commit rerun after a
-crash never records the same staged file twice.
+relative to the archive root. A row is keyed by (path, source, sha256), so a commit rerun
+after a crash never records the same staged file twice.
+
+``sha256`` is NULL for a foreign file (one not staged by :class:`~dicomcommit.Stager`) that
+took its name without a collision: commit reads only its header. ``recover --verify``
+hashes those files and fills the column in.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT NOT NULL,       -- where its bytes are now
     source TEXT NOT NULL,     -- its name in the staging directory
     size INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
+    sha256 TEXT,              -- NULL: a foreign file not hashed yet (recover --verify fills it in)
     existing_sha256 TEXT,     -- for a conflict: the hash of the file already at target
     attrs TEXT NOT NULL,      -- the naming attributes, JSON
     run TEXT NOT NULL,
@@ -41,11 +45,11 @@ CREATE TABLE IF NOT EXISTS files (
     detail TEXT NOT NULL DEFAULT '',
     resolution TEXT,          -- how a conflict was resolved: existing, staged, both (or replaced)
     resolved_by TEXT,         -- user@host
-    resolved_at TEXT,         -- ISO 8601, UTC
-    UNIQUE (source, sha256)
+    resolved_at TEXT          -- ISO 8601, UTC
 );
+-- The rerun key, and the index for lookups by path.
+CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files (path, source, coalesce(sha256, ''));
 CREATE INDEX IF NOT EXISTS files_status ON files (status);
-CREATE INDEX IF NOT EXISTS files_path ON files (path);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     started TEXT NOT NULL,
@@ -57,6 +61,8 @@ CREATE TABLE IF NOT EXISTS runs (
     counts TEXT
 );
 """
+# Version 1 (user_version 0) had sha256 NOT NULL and UNIQUE (source, sha256).
+SCHEMA_VERSION = 2
 _COLUMNS = "status, target, path, source, size, sha256, existing_sha256, attrs, run, time, detail"
 _ALL_COLUMNS = f"id, {_COLUMNS}, {', '.join(_RESOLUTION_COLUMNS)}"
 
@@ -75,7 +81,7 @@ class Record:
     path: str
     source: str
     size: int
-    sha256: str
+    sha256: str | None  # None: a foreign file not hashed yet
     attrs: Attrs = field(default_factory=dict)
     run: str = ""
     time: str = ""
@@ -121,30 +127,65 @@ class Manifest:
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            # 16 MiB of page cache: the (source, sha256) index of 100,000 rows stays in memory.
+            # 16 MiB of page cache: the rerun key of 100,000 rows stays in memory.
             self._db.execute("PRAGMA cache_size=-16384")
-            if create:
-                self._db.executescript(_SCHEMA)
+            self._upgrade(create)
         except (OSError, sqlite3.Error) as exc:
             raise ManifestError(f"cannot open the manifest {self.path}: {exc}") from exc
 
+    def _upgrade(self, create: bool) -> None:
+        """Create the schema, or bring an older one up to date, in one transaction."""
+        if self._version() == SCHEMA_VERSION:
+            return  # the common case takes no write lock
+        with self.transaction():
+            if self._version() == SCHEMA_VERSION:
+                return  # another process got here first
+            has_files = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='files'").fetchone()
+            if not create and not has_files:
+                raise ManifestError(f"{self.path} is not a dicomcommit manifest")
+            if has_files:  # version 1: rebuild the table without its old constraints
+                for old in ("files_status", "files_path"):
+                    self._db.execute(f"DROP INDEX IF EXISTS {old}")
+                self._db.execute("ALTER TABLE files RENAME TO files_v1")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            if has_files:
+                self._db.execute(f"INSERT INTO files ({_ALL_COLUMNS}) SELECT {_ALL_COLUMNS} FROM files_v1")
+                self._db.execute("DROP TABLE files_v1")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _version(self) -> int:
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise ManifestError(f"{self.path} has schema {version}, newer than this dicomcommit's {SCHEMA_VERSION}")
+        return version
+
     def add(self, records: Iterable[Record]) -> None:
-        """Insert *records* in one transaction; a (source, sha256) already present is kept as is."""
+        """Insert *records* in one transaction.
+
+        A row whose (path, source, sha256) is there already is kept as is: a rerun records
+        nothing twice. A duplicate found by hashing also fills in the hash of the unhashed
+        row of the same source at the same path (a foreign file committed earlier).
+        """
         stamp = now()  # one time per batch: the time it was recorded
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        records = list(records)
         rows = (
             (r.status, r.target, r.path, r.source, r.size, r.sha256, r.existing_sha256, dumps(r.attrs), r.run,
              r.time or stamp, r.detail)
             for r in records
         )  # fmt: skip
+        hashed = [(r.sha256, r.path, r.source) for r in records if r.status == "duplicate" and r.sha256]
         with self.transaction():
+            self._db.executemany("UPDATE files SET sha256=? WHERE path=? AND source=? AND sha256 IS NULL", hashed)
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
             point("commit:in-manifest")
 
     def update(self, record_id: int, **fields: str | None) -> None:
-        """Change columns of the row *record_id* (status, path, detail, resolution...); call
-        inside :meth:`transaction` to group several updates."""
-        allowed = {"status", "path", "detail", *_RESOLUTION_COLUMNS}
+        """Change columns of the row *record_id* (status, path, detail, sha256, resolution...);
+        call inside :meth:`transaction` to group several updates."""
+        allowed = {"status", "path", "detail", "sha256", *_RESOLUTION_COLUMNS}
         if not fields or not set(fields) <= allowed:
             raise ValueError(f"can update only {sorted(allowed)}, not {sorted(fields)}")
         assignments = ", ".join(f"{name}=?" for name in fields)

@@ -7,7 +7,9 @@ After a crash anywhere, rerunning commit already converges. ``recover`` also:
   no live process has them open; younger or open ones are reported and left alone;
 - removes dicomcommit's own leftover temp copies (``.dicomcommit/tmp/``);
 - adds manifest rows for archive files that have none (the filesystem is the truth);
-- reports, loudly and without "fixing" them, rows whose bytes are missing or differ.
+- reports, loudly and without "fixing" them, rows whose bytes are missing or differ;
+- with ``verify``, hashes every recorded file, and fills in the hash of rows that have
+  none (foreign files that commit named from their header alone).
 
 The lock is never deleted: a lock held by a dead process is released by the kernel.
 """
@@ -46,6 +48,7 @@ class RecoverReport:
     rows_added: list[str] = field(default_factory=list)  # archive files that had no row
     missing: list[str] = field(default_factory=list)  # rows whose bytes are gone
     mismatched: list[str] = field(default_factory=list)  # rows whose bytes differ in size or hash
+    hashed: list[str] = field(default_factory=list)  # (verify) rows that had no hash, now filled in
 
     @property
     def needs_attention(self) -> bool:
@@ -74,7 +77,8 @@ def recover(
     Args:
         check: only report what would be done; change nothing.
         part_age: seconds after which a ``.part`` file no process has open is abandoned.
-        verify: also hash every committed file against the manifest (reads the whole archive).
+        verify: also hash every committed file against the manifest (reads the whole archive),
+            and fill in the rows that have no hash yet.
         template: the template the interrupted commits used (for finishing linked files).
 
     Raises:
@@ -193,11 +197,19 @@ def _temp_copies(archive: Path, check: bool, report: RecoverReport) -> None:
 def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, report: RecoverReport) -> None:
     """The filesystem is the truth: rows for unrecorded files; loud reports for missing bytes."""
     by_path: dict[str, Record] = {}
+    hashes: dict[int, str] = {}
     for record in manifest.records():
         if record.status == "duplicate":
             continue  # its bytes are another row's
         by_path.setdefault(record.path, record)
-        _check_bytes(archive, record, verify, report)
+        sha256 = _check_bytes(archive, record, verify, report)
+        if sha256 is not None and record.sha256 is None:
+            report.hashed.append(f"#{record.id} {record.path}")
+            hashes[record.id or 0] = sha256
+    if hashes and not check:
+        with manifest.transaction():
+            for record_id, sha256 in hashes.items():
+                manifest.update(record_id, sha256=sha256)
     added = []
     for rel in _archive_files(archive):
         if rel in by_path:
@@ -215,19 +227,24 @@ def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, rep
     manifest.add(added)
 
 
-def _check_bytes(archive: Path, record: Record, verify: bool, report: RecoverReport) -> None:
+def _check_bytes(archive: Path, record: Record, verify: bool, report: RecoverReport) -> str | None:
+    """Report missing or differing bytes; with *verify*, return the hash of the bytes there."""
     try:
         st = os.stat(archive / record.path, follow_symlinks=False)
     except FileNotFoundError:
         report.missing.append(f"#{record.id} {record.status} {record.path}")
-        return
+        return None
     if st.st_size != record.size:
         report.mismatched.append(f"#{record.id} {record.path}: {st.st_size} bytes, the manifest says {record.size}")
-    elif verify:
-        found = hash_at(archive / record.path)
-        sha256 = None if found is None else found[0]
-        if sha256 != record.sha256:
-            report.mismatched.append(f"#{record.id} {record.path}: sha256 {sha256}, the manifest says {record.sha256}")
+        return None
+    if not verify:
+        return None
+    found = hash_at(archive / record.path)
+    sha256 = None if found is None else found[0]
+    if sha256 is None or record.sha256 not in (None, sha256):
+        report.mismatched.append(f"#{record.id} {record.path}: sha256 {sha256}, the manifest says {record.sha256}")
+        return None
+    return sha256
 
 
 def _archive_files(archive: Path) -> list[str]:

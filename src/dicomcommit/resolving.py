@@ -98,7 +98,7 @@ def _guarded(archive: Path, row: Record, action: Callable[[], None]) -> None:
 
 
 def _keep_existing(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest, who: str) -> None:
-    rejected = "/".join((*REJECTED_DIR, f"{row.sha256}.dcm"))
+    rejected = "/".join((*REJECTED_DIR, f"{_hash_of(row)}.dcm"))
     if row.resolution is None:
         _link_rel(tree, _conflict_copy(row), rejected)
         tree.fsync_touched()
@@ -114,7 +114,8 @@ def _keep_both(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest
     assert row.target is not None
     dirs, fname = _fs.split_rel(row.target)
     stem, dot, ext = fname.rpartition(".")
-    derived = f"{stem}~{row.sha256[:12]}.{ext}" if dot and stem else f"{fname}~{row.sha256[:12]}"
+    sha12 = _hash_of(row)[:12]
+    derived = f"{stem}~{sha12}.{ext}" if dot and stem else f"{fname}~{sha12}"
     derived_rel = "/".join((*dirs, derived))
     if row.resolution is None:
         _link_rel(tree, _conflict_copy(row), derived_rel)
@@ -191,7 +192,14 @@ def _sha_at(dir_fd: int, name: str) -> str | None:
 
 def _conflict_copy(row: Record) -> str:
     """Where commit kept the conflicting bytes (named by their hash, so known on every rerun)."""
-    return "/".join((*CONFLICTS_DIR, f"{row.sha256}.dcm"))
+    return "/".join((*CONFLICTS_DIR, f"{_hash_of(row)}.dcm"))
+
+
+def _hash_of(row: Record) -> str:
+    """A conflict's hash: commit always hashes a file whose name is taken."""
+    if row.sha256 is None:
+        raise UsageError(f"#{row.id} has no hash, so it was never a conflict: nothing to resolve")
+    return row.sha256
 
 
 def _shared(manifest: Manifest, row: Record) -> bool:

@@ -1,0 +1,99 @@
+"""The manifest's schema: the rerun key, and upgrading a manifest written by version 1."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from dicomcommit import Manifest, Record
+from dicomcommit.errors import ManifestError
+
+# The schema of dicomcommit's first manifests, as they were written.
+_VERSION_1 = """
+CREATE TABLE files (
+    id INTEGER PRIMARY KEY, status TEXT NOT NULL, target TEXT, path TEXT NOT NULL, source TEXT NOT NULL,
+    size INTEGER NOT NULL, sha256 TEXT NOT NULL, existing_sha256 TEXT, attrs TEXT NOT NULL, run TEXT NOT NULL,
+    time TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '', resolution TEXT, resolved_by TEXT, resolved_at TEXT,
+    UNIQUE (source, sha256)
+);
+CREATE INDEX files_status ON files (status);
+CREATE INDEX files_path ON files (path);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY, started TEXT NOT NULL, finished TEXT, staging TEXT NOT NULL, template TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, counts TEXT
+);
+INSERT INTO files (status, target, path, source, size, sha256, attrs, run, time, detail, resolution)
+    VALUES ('conflict', 'a.dcm', '.dicomcommit/conflicts/ab.dcm', 's1', 10, 'ab', '{"PatientID":"P"}', 'r1',
+            '2026-01-01T00:00:00Z', 'the target holds a different file', 'existing');
+INSERT INTO runs VALUES ('r1', '2026-01-01T00:00:00Z', NULL, '/staging', '{SOPInstanceUID}.dcm', 'h', 1, NULL);
+"""
+
+
+def _row(path: str, source: str, sha256: str | None, status: str = "committed") -> Record:
+    return Record(status, path, path, source, 10, sha256, run="r")
+
+
+def _manifest_file(archive: Path) -> Path:
+    path = archive / ".dicomcommit" / "manifest.sqlite"
+    path.parent.mkdir(parents=True)
+    return path
+
+
+def test_a_version_1_manifest_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = sqlite3.connect(_manifest_file(tmp_path))
+    db.executescript(_VERSION_1)
+    db.close()
+    with Manifest(tmp_path) as manifest:  # upgraded by any writable open, not only by commit
+        (old,) = manifest.records()
+        manifest.add([_row("b.dcm", "s2", None)])
+        rows = manifest.records()
+    assert (old.id, old.status, old.sha256, old.attrs, old.resolution) == (1, "conflict", "ab", {"PatientID": "P"},
+                                                                           "existing")  # fmt: skip
+    assert [r.sha256 for r in rows] == ["ab", None]
+    db = sqlite3.connect(tmp_path / ".dicomcommit" / "manifest.sqlite")
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        assert "files_v1" not in tables
+        assert "files_path" not in tables
+    finally:
+        db.close()
+
+
+def test_a_newer_manifest_is_refused(tmp_path: Path) -> None:
+    Manifest(tmp_path, create=True).close()
+    db = sqlite3.connect(tmp_path / ".dicomcommit" / "manifest.sqlite")
+    db.execute("PRAGMA user_version=9")
+    db.close()
+    with pytest.raises(ManifestError, match="schema 9"):
+        Manifest(tmp_path)
+
+
+def test_a_foreign_sqlite_file_is_not_taken_for_a_manifest(tmp_path: Path) -> None:
+    sqlite3.connect(_manifest_file(tmp_path)).close()
+    with pytest.raises(ManifestError, match="not a dicomcommit manifest"):
+        Manifest(tmp_path)
+
+
+def test_the_rerun_key_is_path_source_and_hash(tmp_path: Path) -> None:
+    with Manifest(tmp_path, create=True) as manifest:
+        manifest.add([_row("a.dcm", "s", None), _row("a.dcm", "s", "ff")])
+        manifest.add([_row("a.dcm", "s", None), _row("a.dcm", "s", "ff")])  # a rerun: nothing new
+        assert len(manifest.records()) == 2
+        manifest.add([_row("b.dcm", "s", None)])  # the same source name, another file later
+        assert len(manifest.records()) == 3
+
+
+def test_a_duplicate_fills_in_the_hash_of_the_same_files_row(tmp_path: Path) -> None:
+    with Manifest(tmp_path, create=True) as manifest:
+        manifest.add([_row("a.dcm", "s", None), _row("b.dcm", "t", None)])
+        manifest.add([_row("a.dcm", "s", "aa", "duplicate"), _row("b.dcm", "other", "bb", "duplicate")])
+        rows = {(r.path, r.source): r for r in manifest.records()}
+    assert rows["a.dcm", "s"].sha256 == "aa"
+    assert rows["a.dcm", "s"].status == "committed"
+    assert rows["b.dcm", "t"].sha256 is None  # another source's bytes say nothing of this row
+    assert rows["b.dcm", "other"].status == "duplicate"
+    assert len(rows) == 3
