@@ -22,5 +22,7 @@ def test_bench_quick_runs_and_reports_every_variant(tmp_path: Path) -> None:
             "stage_many, durable, 2 processes"} <= names  # fmt: skip
     assert all(row["rate"] > 0 for row in report["rows"])
     assert [h["file"] for h in report["header_bytes"]] == ["0.5 MB", "50 MB"]
+    read = [h["bytes_read_by_commit"] for h in report["header_bytes"]]
+    assert 0 < read[1] < report["header_bytes"][0]["file_bytes"]  # not even one small file's worth
     assert report["scale"]["large"]["files"] == 400
     assert list(tmp_path.iterdir()) == []  # it cleans up after itself
