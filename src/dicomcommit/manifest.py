@@ -27,6 +27,7 @@ from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
 from dicomcommit.naming import Attrs
 
 STATUSES = ("committed", "duplicate", "conflict", "invalid", "resolved")
+_REVIEWED = "status IN ('conflict', 'invalid')"  # the condition of the partial index files_review
 _RESOLUTION_COLUMNS = ("resolution", "resolved_by", "resolved_at")
 
 _SCHEMA = """
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS files (
 );
 -- The rerun key, and the index for lookups by path.
 CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files (path, source, coalesce(sha256, ''));
-CREATE INDEX IF NOT EXISTS files_status ON files (status);
+-- Only the rows a person reviews: the committed majority costs this index nothing.
+CREATE INDEX IF NOT EXISTS files_review ON files (status) WHERE status IN ('conflict', 'invalid');
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     started TEXT NOT NULL,
@@ -171,11 +173,11 @@ class Manifest:
         stamp = now()  # one time per batch: the time it was recorded
         dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         records = list(records)
-        rows = (
+        rows = [
             (r.status, r.target, r.path, r.source, r.size, r.sha256, r.existing_sha256, dumps(r.attrs), r.run,
              r.time or stamp, r.detail)
             for r in records
-        )  # fmt: skip
+        ]  # fmt: skip
         hashed = [(r.sha256, r.path, r.source) for r in records if r.status == "duplicate" and r.sha256]
         with self.transaction():
             self._db.executemany("UPDATE files SET sha256=? WHERE path=? AND source=? AND sha256 IS NULL", hashed)
@@ -213,6 +215,8 @@ class Manifest:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += statuses
+            if set(statuses) <= {"conflict", "invalid"}:
+                where.append(_REVIEWED)  # spelled as in the index, so that SQLite uses it
         if run is not None:
             where.append("run = ?")
             args.append(run)
