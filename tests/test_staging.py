@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import stat
 import threading
@@ -13,7 +14,9 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import EncodeError, StageError, Stager, UsageError
+from dicomcommit.demo import synthetic_dataset
 from dicomcommit.journal import JournalIndex, journal_dir
+from tests.conftest import ROOT
 
 
 def test_staged_bytes_equal_pydicom_dcmwrite(tmp_path: Path, ct: Dataset) -> None:
@@ -39,6 +42,37 @@ def test_stage_records_hash_size_and_naming_attributes(tmp_path: Path, ct: Datas
     assert record.attrs["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
     assert record.attrs["AccessionNumber"] is None  # recorded as absent, not missing from the record
     assert record.durable is True
+
+
+def _journal_hashes(staging: Path) -> dict[str, str]:
+    index = JournalIndex(staging)
+    index.refresh()
+    hashes = {}
+    for path in staging.glob("*.dcm"):
+        record = index.get(path.name)
+        assert record is not None
+        hashes[path.name] = record.sha256
+    index.close()
+    return hashes
+
+
+def _stage_big(stager: Stager, index: int) -> None:
+    stager.stage(synthetic_dataset(ROOT, index, size=512))  # the parent's stager, inherited by fork
+    stager.close()
+
+
+def test_a_big_file_hashed_beside_its_write_records_its_own_hash(tmp_path: Path) -> None:
+    """0.5 MB files are hashed in a helper thread; a forked child must start its own helper."""
+    with Stager(tmp_path) as stager:
+        paths = [stager.stage(synthetic_dataset(ROOT, i, size=512)) for i in range(3)]
+        child = multiprocessing.get_context("fork").Process(target=_stage_big, args=(stager, 3))
+        child.start()  # forked while this stager's helper threads exist
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    assert all(p.stat().st_size > 512 * 1024 for p in paths)
+    hashes = _journal_hashes(tmp_path)
+    assert len(hashes) == 4
+    assert hashes == {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in hashes}
 
 
 def test_staged_file_mode_follows_umask(tmp_path: Path, ct: Dataset) -> None:

@@ -36,7 +36,7 @@ class Placed(Enum):
     EXISTS = "exists"  # another file holds the destination; nothing was changed
 
 
-def write_exclusive(dir_fd: int, name: str, data: bytes, *, durable: bool, mode: int = FILE_MODE) -> None:
+def write_exclusive(dir_fd: int, name: str, data: bytes | memoryview, *, durable: bool, mode: int = FILE_MODE) -> None:
     """Create *name* in *dir_fd* with *data*; it must not exist. Removes it again on failure.
 
     ``O_EXCL|O_NOFOLLOW``: a planted file or symlink at the name makes this fail instead of

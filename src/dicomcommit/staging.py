@@ -28,13 +28,18 @@ STAGED_SUFFIX = ".dcm"
 PART_SUFFIX = ".part"
 _MAX_PENDING = 16
 _SETTLE_EVERY = 64  # stage_many: files made durable by one flush
+_HASH_ASIDE = 256 * 1024  # stage: files at least this big are hashed in a helper thread while written
 
 
 @dataclass(frozen=True)
 class _Prepared:
     name: str
-    data: bytes
+    data: memoryview
     attrs: Attrs
+
+
+def _sha256(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class _DirSync:
@@ -96,6 +101,8 @@ class Stager:
         self._fd: int | None = None
         self._pid = 0
         self._dir_sync = _DirSync()
+        self._hasher: ThreadPoolExecutor | None = None
+        self._hasher_pid = 0
 
     def stage(self, ds: Dataset, **kwargs: Any) -> Path:
         """Write *ds* to a new staged file and return its path.
@@ -181,23 +188,34 @@ class Stager:
         return _Prepared(name, data, attrs_from_dataset(ds, self.keywords))
 
     def _write(self, dir_fd: int, prepared: _Prepared) -> None:
-        self._publish(dir_fd, self._write_part(dir_fd, prepared, fsync=self.durable))
+        self._publish(dir_fd, self._write_part(dir_fd, prepared, fsync=self.durable, hash_aside=True))
 
-    def _write_part(self, dir_fd: int, prepared: _Prepared, *, fsync: bool) -> StagedRecord:
+    def _write_part(self, dir_fd: int, prepared: _Prepared, *, fsync: bool, hash_aside: bool = False) -> StagedRecord:
         """Write ``<name>.part`` (fsynced if asked) and return its record.
 
-        In stage_many this runs in the writer thread: hashlib releases the GIL, so hashing
-        overlaps with encoding the next dataset.
+        hashlib and os.write release the GIL, so hashing runs beside other work: in
+        stage_many this runs in the writer thread, beside the encoding of the next dataset;
+        with *hash_aside*, a big file is hashed in a helper thread while it is written.
         """
         part = prepared.name + PART_SUFFIX
-        record = StagedRecord(prepared.name, hashlib.sha256(prepared.data).hexdigest(), len(prepared.data),
-                              self.durable, prepared.attrs)  # fmt: skip
+        aside = hash_aside and len(prepared.data) >= _HASH_ASIDE
+        digest = self._helper().submit(_sha256, prepared.data) if aside else None
         try:
             _fs.write_exclusive(dir_fd, part, prepared.data, durable=fsync)
         except OSError as exc:
             raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / part, exc) from exc
+        finally:
+            sha256 = _sha256(prepared.data) if digest is None else digest.result()
         point("stage:after-write")
-        return record
+        return StagedRecord(prepared.name, sha256, len(prepared.data), self.durable, prepared.attrs)
+
+    def _helper(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._hasher is None or self._hasher_pid != os.getpid():
+                # A forked child has none of its parent's threads: it starts its own.
+                self._hasher = ThreadPoolExecutor(2, thread_name_prefix="dicomcommit-hash")
+                self._hasher_pid = os.getpid()
+            return self._hasher
 
     def _publish(self, dir_fd: int, record: StagedRecord) -> None:
         """Journal the record, then rename the complete ``.part`` file to its staged name."""
@@ -232,7 +250,9 @@ class Stager:
         with self._lock:
             if self._fd is not None and self._pid == os.getpid():
                 os.close(self._fd)
-            self._fd = None
+            if self._hasher is not None and self._hasher_pid == os.getpid():
+                self._hasher.shutdown()
+            self._fd = self._hasher = None
 
     def __enter__(self) -> Stager:
         return self
