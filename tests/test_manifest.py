@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dicomcommit import Manifest, Record
 from dicomcommit.errors import ManifestError
+from dicomcommit.manifest import _attrs_json
 
 # The schema of dicomcommit's first manifests, as they were written.
 _VERSION_1 = """
@@ -63,6 +68,16 @@ def test_a_version_1_manifest_is_upgraded_in_place(tmp_path: Path) -> None:
         db.close()
 
 
+def test_a_new_manifest_has_16_kib_pages(tmp_path: Path) -> None:
+    Manifest(tmp_path, create=True).close()
+    db = sqlite3.connect(tmp_path / ".dicomcommit" / "manifest.sqlite")
+    try:
+        assert db.execute("PRAGMA page_size").fetchone() == (16384,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        db.close()
+
+
 def test_a_newer_manifest_is_refused(tmp_path: Path) -> None:
     Manifest(tmp_path, create=True).close()
     db = sqlite3.connect(tmp_path / ".dicomcommit" / "manifest.sqlite")
@@ -97,3 +112,15 @@ def test_a_duplicate_fills_in_the_hash_of_the_same_files_row(tmp_path: Path) -> 
     assert rows["b.dcm", "t"].sha256 is None  # another source's bytes say nothing of this row
     assert rows["b.dcm", "other"].status == "duplicate"
     assert len(rows) == 3
+
+
+_values = st.one_of(
+    st.none(), st.text(), st.integers(), st.floats(allow_nan=False), st.lists(st.one_of(st.text(), st.integers()))
+)
+
+
+@given(st.dictionaries(st.text(), _values))
+def test_attrs_are_stored_as_plain_json(attrs: dict[str, Any]) -> None:
+    encoded = _attrs_json(attrs)
+    assert encoded == json.dumps(attrs, ensure_ascii=False, separators=(",", ":"))
+    assert json.loads(encoded) == attrs
