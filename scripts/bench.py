@@ -31,7 +31,6 @@ from pydicom.dataset import Dataset
 
 from dicomcommit import Stager, commit
 from dicomcommit.demo import synthetic_dataset
-from dicomcommit.headers import read_attrs
 from dicomcommit.manifest import Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
 
@@ -57,6 +56,7 @@ class Bench:
         self.root = root
         self.runs = runs
         self._dirs = 0
+        self.cache_dropped = False
 
     def fresh(self, name: str) -> Path:
         self._dirs += 1
@@ -65,19 +65,36 @@ class Bench:
         return path
 
     def compare(
-        self, files: int, variants: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]]
+        self, files: int, variants: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]], *, cold: bool = False
     ) -> dict[str, float]:
         """Median files/s of each variant; runs interleave variants, so that a slow phase of
-        the machine (or of the filesystem) does not fall on one variant only."""
+        the machine (or of the filesystem) does not fall on one variant only.
+
+        *cold*: also empty the page cache before each run (when allowed). Writers then fill
+        pages the kernel has used before: in a VM, memory touched for the first time can
+        cost more than the write itself, and would fall on whichever variant came first.
+        """
         rates: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(self.runs):
             for name, (prepare, timed) in variants.items():
                 arg = prepare()
                 os.sync()  # start from clean writeback: no variant pays for the last one's dirty pages
+                if cold:
+                    self.cache_dropped = drop_page_cache()
                 started = time.perf_counter()
                 timed(arg)
                 rates[name].append(files / (time.perf_counter() - started))
         return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def drop_page_cache() -> bool:
+    """Free the clean page cache (root only); False when not allowed."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
 
 
 def datasets(kind: str, count: int, offset: int = 0) -> list[Dataset]:
@@ -278,7 +295,7 @@ def bench_kind(bench: Bench, kind: str, n: int) -> list[Row]:
         "stage-on": (lambda: fresh("stage"), lambda d: write_staged(d, items, True)),
         "many-off": (lambda: fresh("many"), lambda d: write_staged_many(d, items, False)),
         "many-on": (lambda: fresh("many"), lambda d: write_staged_many(d, items, True)),
-    })  # fmt: skip
+    }, cold=True)  # fmt: skip
     plain = w["plain"]
     rows.append(Row("pydicom.dcmwrite", kind, n, plain))
     for key, label, limit in (
@@ -337,11 +354,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "manifest_share_ok": large["manifest_seconds"] / large["seconds"] <= 0.10,
             }
         shutil.rmtree(tmp, ignore_errors=True)  # deleting is left to the very end
-    return {"runs": args.runs, "rows": [asdict(r) for r in rows], **extra}
+    return {"runs": args.runs, "page_cache_dropped": bench.cache_dropped, "rows": [asdict(r) for r in rows], **extra}
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"medians over {result['runs']} runs; ratios are against baselines measured in this run\n")
+    print(f"medians over {result['runs']} runs; ratios are against baselines measured in this run")
+    dropped = "emptied" if result["page_cache_dropped"] else "not emptied (needs root)"
+    print(f"page cache before each write run: {dropped}\n")
     print(f"{'variant':<34} {'kind':<5} {'files':>6} {'files/s':>9}  {'ratio':>7}  {'vs':<28} {'target':<14} ok")
     for r in result["rows"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
