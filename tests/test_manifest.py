@@ -78,6 +78,23 @@ def test_a_new_manifest_has_16_kib_pages(tmp_path: Path) -> None:
         db.close()
 
 
+def test_lookups_by_path_and_by_review_status_use_indexes(tmp_path: Path) -> None:
+    """A resolve looks rows up by path, a review by status: neither may scan the table."""
+    plans: list[str] = []
+    with Manifest(tmp_path, create=True) as manifest:
+        manifest.add([_row(f"P/{i}.dcm", f"s{i}", f"{i:064x}") for i in range(500)])
+        manifest._db.execute("ANALYZE")  # the planner then knows the table is big
+        manifest._db.set_trace_callback(plans.append)
+        target = manifest.records("committed", path="P/7.dcm")
+        manifest.records("conflict")
+        manifest._db.set_trace_callback(None)
+        for sql in plans:
+            detail = " ".join(row[3] for row in manifest._db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "USING INDEX" in detail, (sql, detail)
+    assert [r.source for r in target] == ["s7"]
+    assert len(plans) == 2
+
+
 def test_a_newer_manifest_is_refused(tmp_path: Path) -> None:
     Manifest(tmp_path, create=True).close()
     db = sqlite3.connect(tmp_path / ".dicomcommit" / "manifest.sqlite")
@@ -93,12 +110,14 @@ def test_a_foreign_sqlite_file_is_not_taken_for_a_manifest(tmp_path: Path) -> No
         Manifest(tmp_path)
 
 
-def test_the_rerun_key_is_path_source_and_hash(tmp_path: Path) -> None:
+def test_the_rerun_key_is_the_source_and_its_hash_or_its_path(tmp_path: Path) -> None:
     with Manifest(tmp_path, create=True) as manifest:
         manifest.add([_row("a.dcm", "s", None), _row("a.dcm", "s", "ff")])
         manifest.add([_row("a.dcm", "s", None), _row("a.dcm", "s", "ff")])  # a rerun: nothing new
         assert len(manifest.records()) == 2
         manifest.add([_row("b.dcm", "s", None)])  # the same source name, another file later
+        assert len(manifest.records()) == 3
+        manifest.add([_row("c.dcm", "s", "ff")])  # the same bytes of the same staged file
         assert len(manifest.records()) == 3
 
 

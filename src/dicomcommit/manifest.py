@@ -1,8 +1,8 @@
 """The manifest: an SQLite record of what happened to every staged file.
 
 ``ARCHIVE/.dicomcommit/manifest.sqlite``; any SQLite tool can read it. Paths in it are
-relative to the archive root. A row is keyed by (path, source, sha256), so a commit rerun
-after a crash never records the same staged file twice.
+relative to the archive root. A row is keyed by its source and its hash (or, not hashed
+yet, its path), so a commit rerun after a crash never records the same staged file twice.
 
 ``sha256`` is NULL for a foreign file (one not staged by :class:`~dicomcommit.Stager`) that
 took its name without a collision: commit reads only its header. ``recover --verify``
@@ -49,8 +49,12 @@ CREATE TABLE IF NOT EXISTS files (
     resolved_by TEXT,         -- user@host
     resolved_at TEXT          -- ISO 8601, UTC
 );
--- The rerun key, and the index for lookups by path.
-CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files (path, source, coalesce(sha256, ''));
+-- The rerun key: a staged file's bytes, or (not hashed yet) where they went. Stagers name
+-- files by time, so rows arrive in key order: cheap appends.
+CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files (source, coalesce(sha256, path));
+-- Lookups by path, on its last 24 characters only: rows arrive in no path order, and a
+-- small index costs a batch far fewer pages.
+CREATE INDEX IF NOT EXISTS files_path_tail ON files (substr(path, -24));
 -- Only the rows a person reviews: the committed majority costs this index nothing.
 CREATE INDEX IF NOT EXISTS files_review ON files (status) WHERE status IN ('conflict', 'invalid');
 CREATE TABLE IF NOT EXISTS runs (
@@ -170,9 +174,10 @@ class Manifest:
     def add(self, records: Iterable[Record]) -> None:
         """Insert *records* in one transaction.
 
-        A row whose (path, source, sha256) is there already is kept as is: a rerun records
-        nothing twice. A duplicate found by hashing also fills in the hash of the unhashed
-        row of the same source at the same path (a foreign file committed earlier).
+        A row whose key (source and sha256, or source and path when not hashed) is there
+        already is kept as is: a rerun records nothing twice. A duplicate found by hashing
+        also fills in the hash of the unhashed row of the same source at the same path (a
+        foreign file committed earlier).
         """
         stamp = now()  # one time per batch: the time it was recorded
         records = list(records)
@@ -181,9 +186,9 @@ class Manifest:
              r.time or stamp, r.detail)
             for r in records
         ]  # fmt: skip
-        hashed = [(r.sha256, r.path, r.source) for r in records if r.status == "duplicate" and r.sha256]
+        hashed = [(r.sha256, r.source, r.path) for r in records if r.status == "duplicate" and r.sha256]
         with self.transaction():
-            self._db.executemany("UPDATE files SET sha256=? WHERE path=? AND source=? AND sha256 IS NULL", hashed)
+            self._db.executemany("UPDATE files SET sha256=? WHERE source=? AND path=? AND sha256 IS NULL", hashed)
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
             point("commit:in-manifest")
 
@@ -224,8 +229,9 @@ class Manifest:
             where.append("run = ?")
             args.append(run)
         if path is not None:
-            where.append("path = ?")
-            args.append(path)
+            # "+path": keeps SQLite from rewriting substr(path, -24) into a form the index lacks
+            where.append("substr(path, -24) = substr(?, -24) AND +path = ?")
+            args += [path, path]
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         cursor = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files{clause} ORDER BY id", args)
         return [_record(row) for row in cursor]
