@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import IS
@@ -213,7 +214,12 @@ def attrs_from_dataset(ds: Dataset, keywords: Iterable[str]) -> Attrs:
     attrs: Attrs = {}
     for keyword, tag in _tags(tuple(keywords)):
         # By tag, not by keyword: pydicom's keyword lookup costs more than the value itself.
-        attrs[keyword] = _to_value(ds[tag].value) if tag is not None and tag in ds else None
+        # get_item() skips __getitem__'s conversions for elements already converted.
+        elem = None if tag is None else ds.get_item(tag)
+        if elem is None:
+            attrs[keyword] = None
+        else:
+            attrs[keyword] = _to_value(elem.value if isinstance(elem, DataElement) else ds[tag].value)
     return attrs
 
 
@@ -223,6 +229,8 @@ def _tags(keywords: tuple[str, ...]) -> tuple[tuple[str, int | None], ...]:
 
 
 def _to_value(raw: object) -> Value:
+    if isinstance(raw, str):  # most values (UIDs, dates, codes, text): as _to_scalar does, sooner
+        return str(raw) or None
     if isinstance(raw, MultiValue | list | tuple):
         items = [_to_scalar(item) for item in raw]
         scalars = [item for item in items if item is not None]
