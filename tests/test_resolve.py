@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomcommit import Manifest, Stager, UsageError, commit
+from dicomcommit import Manifest, Stager, UsageError, commit, dcmwrite
 from dicomcommit._faults import RESOLVE_POINTS
 from dicomcommit.cli import main
 from dicomcommit.resolving import Keep, resolve, resolve_many
@@ -114,6 +114,22 @@ def test_keep_staged_swaps_atomically_and_keeps_the_old_file(
     assert replaced.sha256 == old
     assert sha256_of(archive / replaced.path) == old
     assert f"#{row.id}" in replaced.detail
+
+
+def test_keep_staged_over_a_foreign_file_records_the_hash_it_read(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+    staging, archive = dirs
+    dcmwrite(staging / "foreign.dcm", make_ds(1), enforce_file_format=True)
+    commit(staging, archive)  # named from its header alone: no hash yet
+    old = sha256_of(archive / _target(make_ds(1)))
+    Stager(staging).stage(make_ds(1, 1))
+    commit(staging, archive)
+    with Manifest(archive) as manifest:
+        (conflict,) = manifest.records("conflict")
+    resolve(archive, conflict.id or 0, "staged")
+    with Manifest(archive) as manifest:
+        (replaced,) = manifest.records("resolved")
+    assert (replaced.source, replaced.sha256) == ("foreign.dcm", old)
+    assert sha256_of(archive / replaced.path) == old
 
 
 def test_keep_both_commits_under_a_derived_name(conflicts: tuple[Path, dict[int, int]], make_ds: MakeDs) -> None:

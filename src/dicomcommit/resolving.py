@@ -153,8 +153,9 @@ def _keep_staged(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manife
     with manifest.transaction():
         for other in manifest.records("committed", path=row.target):
             if other.id != row.id:
+                hashed = {"sha256": old} if other.sha256 is None else {}  # a foreign file: hashed now
                 manifest.update(other.id or 0, status="resolved", path=replaced,
-                                detail=f"replaced by #{row.id}", **_stamp("replaced", who))  # fmt: skip
+                                detail=f"replaced by #{row.id}", **hashed, **_stamp("replaced", who))  # fmt: skip
         manifest.update(row.id or 0, status="committed", path=row.target,
                         detail=f"conflict resolved: replaced the file committed before (kept at {replaced})",
                         **_stamp("staged", who))  # fmt: skip
