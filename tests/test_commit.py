@@ -27,6 +27,7 @@ from dicomcommit import (
     dcmwrite,
 )
 from dicomcommit import headers as headers_module
+from dicomcommit._faults import BATCH_POINTS, POINTS
 from dicomcommit.demo import synthetic_dataset
 from tests.conftest import ROOT, archive_files, copy_in, sha256_of, staged_files
 
@@ -206,6 +207,35 @@ def test_a_foreign_conflict_records_both_hashes(dirs: tuple[Path, Path], make_ds
     assert (row.status, row.sha256) == ("conflict", kept)
     assert row.existing_sha256 == sha256_of(archive / _target(make_ds(1)))
     assert row.path == f".dicomcommit/conflicts/{kept}.dcm"
+
+
+@pytest.mark.parametrize("point", [p for p in POINTS if p.startswith("commit:")])
+def test_a_killed_commit_of_foreign_files_converges_on_a_rerun(
+    dirs: tuple[Path, Path], make_ds: MakeDs, point: str
+) -> None:
+    """Foreign files are recorded unhashed (or hashed, when a name is taken): a rerun after a
+    kill at any step records each exactly once."""
+    staging, archive = dirs
+    dcmwrite(staging / "first.dcm", make_ds(0), enforce_file_format=True)
+    commit(staging, archive)
+    for i in range(4):
+        dcmwrite(staging / f"f{i}.dcm", make_ds(i), enforce_file_format=True)  # f0: a duplicate
+    dcmwrite(staging / "other.dcm", make_ds(1, variant=1), enforce_file_format=True)  # a conflict
+    code = "import sys; from dicomcommit import commit; commit(sys.argv[1], sys.argv[2])"
+    nth = 1 if point in BATCH_POINTS else 2  # once per batch, or at the second file
+    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": f"{point}:{nth}"}
+    killed = subprocess.run([sys.executable, "-c", code, str(staging), str(archive)], env=env, check=False)
+    assert killed.returncode == -9
+    commit(staging, archive)
+    assert staged_files(staging) == []
+    with Manifest(archive) as manifest:
+        rows = manifest.records()
+    assert sorted(r.source for r in rows) == ["f0.dcm", "f1.dcm", "f2.dcm", "f3.dcm", "first.dcm", "other.dcm"]
+    by_source = {r.source: r for r in rows}
+    assert by_source["f0.dcm"].status == "duplicate"
+    assert by_source["other.dcm"].status == "conflict"
+    for row in rows:
+        assert row.sha256 in (None, sha256_of(archive / row.path))
 
 
 def test_staged_files_are_committed_without_reading_their_headers(
