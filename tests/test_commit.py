@@ -182,6 +182,9 @@ def test_a_foreign_file_is_named_and_committed_without_reading_its_pixel_data(
     dcmwrite(staging / "big.dcm", big, enforce_file_format=True)
     size = (staging / "big.dcm").stat().st_size
     before = _bytes_read()
+    assert commit(staging, archive, dry_run=True).committed == 1
+    assert _bytes_read() - before < 1024 * 1024  # a dry run reads no more
+    before = _bytes_read()
     assert commit(staging, archive).committed == 1
     assert _bytes_read() - before < 1024 * 1024  # the header, the manifest, the journal dir
     with Manifest(archive) as manifest:
@@ -424,11 +427,15 @@ def test_durable_commit_fsyncs_each_directory_once_per_batch(
     assert 3 <= len(dir_fsyncs) <= 6
 
 
-def test_dry_run_predicts_and_changes_nothing(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+@pytest.mark.parametrize("foreign", [False, True], ids=["staged", "foreign"])
+def test_dry_run_predicts_and_changes_nothing(dirs: tuple[Path, Path], make_ds: MakeDs, foreign: bool) -> None:
     staging, archive = dirs
     stager = Stager(staging)
-    for i, variant in [(1, 0), (1, 0), (1, 1), (2, 0)]:
-        stager.stage(make_ds(i, variant))
+    for n, (i, variant) in enumerate([(1, 0), (1, 0), (1, 1), (2, 0)]):
+        if foreign:  # hashed only when their names collide, as commit does
+            dcmwrite(staging / f"{n}.dcm", make_ds(i, variant), enforce_file_format=True)
+        else:
+            stager.stage(make_ds(i, variant))
     (staging / "junk.bin").write_bytes(b"junk")
     before = sorted(p.name for p in staging_files_all(staging))
     plan = commit(staging, archive, dry_run=True)

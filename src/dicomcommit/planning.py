@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dicomcommit.headers import NotDicom, hash_at, hash_file, read_attrs
+from dicomcommit.headers import NotDicom, hash_at, read_attrs
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR
 from dicomcommit.manifest import Record
@@ -51,38 +51,52 @@ def _plan(
     journal: JournalIndex,
     leave_invalid: bool,
 ) -> None:
-    planned: dict[str, str] = {}  # target -> sha256, for collisions inside this run
+    planned: dict[str, str] = {}  # target -> the staged file this run would commit there
+    hashes: dict[str, str] = {}  # staged file -> sha256, known from its journal or read when needed
     kept: set[str] = set()  # sha256 of conflicts this run would keep
+
+    def sha256_of(name: str) -> str:  # like commit: a foreign file is hashed only on a collision
+        if name not in hashes:
+            found = hash_at(staging / name)
+            hashes[name] = "" if found is None else found[0]
+        return hashes[name]
+
     for name in names:
         try:
             fd = os.open(staging / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             continue
         try:
+            size = os.fstat(fd).st_size
             record = journal.get(name)
-            if record is not None and not record.serves(os.fstat(fd).st_size, template.keywords):
-                record = None
-            sha256, size = (record.sha256, record.size) if record is not None else hash_file(fd)
-            try:
-                attrs = record.attrs if record is not None else read_attrs(fd, template.keywords)
-            except NotDicom as exc:
-                if leave_invalid:
-                    report.left_in_place.append((name, str(exc)))
-                else:
-                    report.count(Record("invalid", None, "", name, size, sha256, detail=str(exc), run=report.run))
-                continue
+            if record is not None and record.serves(size, template.keywords):
+                hashes[name], attrs = record.sha256, record.attrs
+            else:
+                try:
+                    attrs = read_attrs(fd, template.keywords)
+                except NotDicom as exc:
+                    if leave_invalid:
+                        report.left_in_place.append((name, str(exc)))
+                    else:
+                        report.count(Record("invalid", None, "", name, size, None, detail=str(exc), run=report.run))
+                    continue
         finally:
             os.close(fd)
         target = template.render(attrs)
-        existing = planned[target] if target in planned else _hash_at(archive / target)
+        existing = sha256_of(planned[target]) if target in planned else _hash_at(archive / target)
+        status = "committed"
         if existing is None:
-            status, planned[target] = "committed", sha256
-        elif existing == sha256 or sha256 in kept or archive.joinpath(*CONFLICTS_DIR, f"{sha256}.dcm").exists():
+            planned[target] = name
+        elif existing == (sha256 := sha256_of(name)) or sha256 in kept or _kept_conflict(archive, sha256):
             status = "duplicate"
         else:
             status = "conflict"
             kept.add(sha256)
-        report.count(Record(status, target, target, name, size, sha256, attrs=attrs, run=report.run))
+        report.count(Record(status, target, target, name, size, hashes.get(name), attrs=attrs, run=report.run))
+
+
+def _kept_conflict(archive: Path, sha256: str) -> bool:
+    return archive.joinpath(*CONFLICTS_DIR, f"{sha256}.dcm").exists()
 
 
 def _hash_at(path: Path) -> str | None:
