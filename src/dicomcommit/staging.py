@@ -204,8 +204,7 @@ class Stager:
             _fs.write_exclusive(dir_fd, part, prepared.data, durable=fsync)
         except OSError as exc:
             raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / part, exc) from exc
-        finally:
-            sha256 = _sha256(prepared.data) if digest is None else digest.result()
+        sha256 = _sha256(prepared.data) if digest is None else digest.result()
         point("stage:after-write")
         return StagedRecord(prepared.name, sha256, len(prepared.data), self.durable, prepared.attrs)
 
