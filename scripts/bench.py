@@ -203,7 +203,7 @@ def our_commit(dirs: tuple[Path, Path]) -> None:
     commit(dirs[0], dirs[1])
 
 
-def header_bytes_read(bench: Bench) -> list[dict[str, Any]]:
+def commit_bytes_read(bench: Bench) -> list[dict[str, Any]]:
     """Bytes one commit reads for one foreign file of 0.5 MB and of 50 MB (from /proc/self/io:
     everything read, the manifest included)."""
     results = []
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append(Row(f"{label}, 2 processes", kind, args.files, two, f"{label}, 1 process", two / one,
                             ">= 1.8x", two / one >= 1.8))  # fmt: skip
 
-        extra["header_bytes"] = header_bytes_read(bench)
+        extra["header_bytes"] = commit_bytes_read(bench)
         if args.scale:
             small, large = scaled(bench, [args.scale // 10, args.scale])
             extra["scale"] = {

@@ -78,6 +78,14 @@ def test_a_new_manifest_has_16_kib_pages(tmp_path: Path) -> None:
         db.close()
 
 
+@pytest.mark.parametrize(("durable", "level"), [(True, 2), (False, 1)])
+def test_a_durable_manifest_syncs_every_transaction(tmp_path: Path, durable: bool, level: int) -> None:
+    """Staged files are unlinked once their rows are committed: in durable mode a committed
+    transaction must survive a power cut (synchronous=FULL is 2; NORMAL, 1, may lose it)."""
+    with Manifest(tmp_path, create=True, durable=durable) as manifest:
+        assert manifest._db.execute("PRAGMA synchronous").fetchone() == (level,)
+
+
 def test_lookups_by_path_and_by_review_status_use_indexes(tmp_path: Path) -> None:
     """A resolve looks rows up by path, a review by status: neither may scan the table."""
     plans: list[str] = []

@@ -33,7 +33,7 @@ from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.archive import archive_lock, check_dirs, new_run_id
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError, names_os_errors
-from dicomcommit.headers import Described, NotDicom, hash_at, hash_file, read_attrs
+from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs, sha256_at
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record
@@ -183,7 +183,7 @@ class _Staged:
 
     name: str
     size: int
-    sha256: str = ""  # "" until known: from the journal, or hashed when a comparison needs it
+    sha256: str | None = None  # from the journal, or hashed when a comparison needs it
     attrs: Attrs = field(default_factory=dict)
     unsynced: bool = False  # its bytes may not be durable yet
     invalid: str | None = None  # why it is not DICOM we can name
@@ -346,7 +346,7 @@ class _Committer:
 
     def _sha256(self, staged: _Staged) -> str:
         """The staged file's hash, reading its bytes if nothing has yet."""
-        if not staged.sha256:
+        if staged.sha256 is None:
             staged.sha256, _ = hash_file(self._open(staged))
         return staged.sha256
 
@@ -416,8 +416,7 @@ class _Committer:
 
     def _existing_sha256(self, dirs: tuple[str, ...], fname: str) -> str | None:
         """The hash of the file at a taken name; None when it is a symlink or not a file."""
-        found = hash_at(fname, dir_fd=self.tree.dir_fd(dirs))
-        return None if found is None else found[0]
+        return sha256_at(fname, dir_fd=self.tree.dir_fd(dirs))
 
     def _record(
         self, staged: _Staged, status: str, target: str | None, path: str, *, detail: str, existing: str | None = None
@@ -429,7 +428,7 @@ class _Committer:
             path=path,
             source=self.prefix + staged.name,
             size=staged.size,
-            sha256=staged.sha256 or None,
+            sha256=staged.sha256,
             attrs=attrs,
             run=self.report.run,
             detail=detail,

@@ -114,6 +114,12 @@ def hash_at(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> tuple
         os.close(fd)
 
 
+def sha256_at(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> str | None:
+    """The hash of the regular file at *path*; None as :func:`hash_at`."""
+    found = hash_at(path, dir_fd=dir_fd)
+    return None if found is None else found[0]
+
+
 def hash_file(fd: int) -> tuple[str, int]:
     """Return (sha256 hex, size) of the whole file open at *fd*."""
     os.lseek(fd, 0, os.SEEK_SET)

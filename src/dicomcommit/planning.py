@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dicomcommit.headers import NotDicom, hash_at, read_attrs
+from dicomcommit.headers import NotDicom, read_attrs, sha256_at
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR
 from dicomcommit.manifest import Record
@@ -57,8 +57,7 @@ def _plan(
 
     def sha256_of(name: str) -> str:  # like commit: a foreign file is hashed only on a collision
         if name not in hashes:
-            found = hash_at(staging / name)
-            hashes[name] = "" if found is None else found[0]
+            hashes[name] = sha256_at(staging / name) or ""
         return hashes[name]
 
     for name in names:
@@ -101,7 +100,7 @@ def _kept_conflict(archive: Path, sha256: str) -> bool:
 
 def _hash_at(path: Path) -> str | None:
     """The hash of what is at *path*; None if nothing is; "" if something that is not a file is."""
-    found = hash_at(path)
+    found = sha256_at(path)
     if found is not None:
-        return found[0]
+        return found
     return "" if os.path.lexists(path) else None

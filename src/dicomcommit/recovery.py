@@ -27,7 +27,7 @@ from dicomcommit import _fs
 from dicomcommit.archive import archive_lock, new_run_id
 from dicomcommit.committing import CommitReport, commit_names
 from dicomcommit.errors import UsageError
-from dicomcommit.headers import hash_at, hash_file
+from dicomcommit.headers import hash_at, hash_file, sha256_at
 from dicomcommit.layout import INVALID_DIR, STATE_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
@@ -239,8 +239,7 @@ def _check_bytes(archive: Path, record: Record, verify: bool, report: RecoverRep
         return None
     if not verify:
         return None
-    found = hash_at(archive / record.path)
-    sha256 = None if found is None else found[0]
+    sha256 = sha256_at(archive / record.path)
     if sha256 is None or record.sha256 not in (None, sha256):
         report.mismatched.append(f"#{record.id} {record.path}: sha256 {sha256}, the manifest says {record.sha256}")
         return None

@@ -25,7 +25,7 @@ from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.archive import archive_lock
 from dicomcommit.errors import CommitError, DicomCommitError, UsageError
-from dicomcommit.headers import hash_at
+from dicomcommit.headers import sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
 from dicomcommit.manifest import Manifest, Record, now
 
@@ -134,7 +134,7 @@ def _keep_staged(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manife
         return
     dirs, fname = _fs.split_rel(row.target)
     target_fd = tree.dir_fd(dirs, create=False)
-    current = _sha_at(target_fd, fname)
+    current = sha256_at(fname, dir_fd=target_fd)
     old = current if current not in (None, row.sha256) else row.existing_sha256
     replaced = "/".join((*REPLACED_DIR, f"{old}.dcm"))
     if current != row.sha256:  # not swapped yet (or interrupted before the swap)
@@ -180,15 +180,10 @@ def _link_rel(tree: _fs.DirTree, src: str, dst: str) -> None:
     dst_fd = tree.dir_fd(dst_dirs)
     placed = _fs.link_noclobber(tree.dir_fd(src_dirs), src_name, dst_fd, dst_name, where=str(tree.root / dst))
     if placed is _fs.Placed.EXISTS:
-        src_sha = _sha_at(tree.dir_fd(src_dirs), src_name)
-        if src_sha is None or src_sha != _sha_at(dst_fd, dst_name):
+        src_sha = sha256_at(src_name, dir_fd=tree.dir_fd(src_dirs))
+        if src_sha is None or src_sha != sha256_at(dst_name, dir_fd=dst_fd):
             raise CommitError("a different file already holds this name", tree.root / dst)
     tree.touch(dst_dirs)
-
-
-def _sha_at(dir_fd: int, name: str) -> str | None:
-    found = hash_at(name, dir_fd=dir_fd)
-    return None if found is None else found[0]
 
 
 def _conflict_copy(row: Record) -> str:
