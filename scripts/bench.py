@@ -16,6 +16,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import queue
 import shutil
 import statistics
 import sys
@@ -148,7 +149,7 @@ def stage_in_processes(bench: Bench, kind: str, files: int, procs: int, *, many:
         ]
         for w in workers:
             w.start()
-        spans: list[tuple[float, float]] = [out.get() for _ in workers]
+        spans: list[tuple[float, float]] = _collect(out, workers, len(workers))
         for w in workers:
             w.join()
         rates.append(share * procs / (max(e for _, e in spans) - min(s for s, _ in spans)))
@@ -227,15 +228,31 @@ def _rchar() -> int:
 # --- scale -----------------------------------------------------------------------------
 
 
+def _collect(out: Any, children: list[Any], count: int) -> list[Any]:
+    """*count* results from the children's queue; fails, instead of waiting forever, when a
+    child dies without sending its result."""
+    results: list[Any] = []
+    while len(results) < count:
+        try:
+            results.append(out.get(timeout=1))
+        except queue.Empty:
+            dead = [c for c in children if c.exitcode not in (None, 0)]
+            if dead:
+                raise RuntimeError(f"a benchmark child failed (exit code {dead[0].exitcode}); see its stderr") from None
+    return results
+
+
 def _scaled_commit(staging: str, archive: str, out: Any) -> None:
     """In a child process: commit, timing Manifest.add, and report peak RSS."""
     spent = [0.0]
     real_add = Manifest.add
 
-    def timed_add(self: Manifest, records: Any) -> None:
+    def timed_add(self: Manifest, records: Any) -> Any:
         started = time.perf_counter()
-        real_add(self, records)
-        spent[0] += time.perf_counter() - started
+        try:
+            return real_add(self, records)
+        finally:
+            spent[0] += time.perf_counter() - started
 
     Manifest.add = timed_add  # type: ignore[method-assign]
     started = time.perf_counter()
@@ -277,7 +294,7 @@ def scaled(bench: Bench, counts: list[int]) -> list[dict[str, Any]]:
         archive = bench.root / f"{bench._dirs:04d}-arch"
         child = fresh.Process(target=_scaled_commit, args=(str(staging), str(archive), out))
         child.start()
-        results.append(out.get())
+        results += _collect(out, [child], 1)
         child.join()
     return results
 

@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/torture.py                  # 200 trials, seed 0
     .venv/bin/python scripts/torture.py --trials 20 --seed 1 --json
+    .venv/bin/python scripts/torture.py --random [...]   # SIGKILLs at random moments: scripts/torture_random.py
 
 Each trial stages datasets (some identical duplicates, some conflicting versions) in a
 child process, then commits them in another; one of the two is killed with SIGKILL at a
@@ -210,6 +211,10 @@ def print_table(totals: Totals) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--random" in argv:  # the random-time kills of the real CLI take their own options
+        import torture_random  # noqa: PLC0415 -- beside this script, on sys.path when run as one
+
+        return torture_random.main([a for a in argv if a != "--random"])
     if argv[:1] == ["--child"]:
         kind, *rest = argv[1:]
         if kind == "stage":
@@ -223,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=24, help="stage operations per trial [24]")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dir", default=None, help="where trials run [the system temp dir]")
+    parser.add_argument("--random", action="store_true", help="kill the real CLI at random moments instead "
+                        "(scripts/torture_random.py --help)")  # fmt: skip
     args = parser.parse_args(argv)
     totals = run(args.trials, args.seed, args.files, args.dir)
     if args.json:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -66,10 +67,34 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def copy_in(name: str, staging: Path, as_name: str | None = None) -> Path:
-    """Put a pydicom test file into staging, as a foreign tool would."""
+    """Put a pydicom test file into staging, as a foreign tool would that finished an hour ago
+    (older than commit's settle time)."""
     dest = staging / (as_name or name)
     shutil.copyfile(wheel_file(name), dest)
+    settled(dest)
     return dest
+
+
+def write_foreign(path: Path, ds: Dataset) -> Path:
+    """Write *ds* to *path* as another tool would (no stager, no journal), an hour ago."""
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return settled(path)
+
+
+def write_settled(path: Path, data: bytes | str) -> Path:
+    """Write *data* to *path* as another tool would have, an hour ago."""
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    return settled(path)
+
+
+def settled(path: Path, age: float = 3600) -> Path:
+    """Make *path* look last modified *age* seconds ago (a foreign file commit will take)."""
+    then = time.time() - age
+    os.utime(path, (then, then))
+    return path
 
 
 @pytest.fixture

@@ -24,12 +24,11 @@ from dicomcommit import (
     TemplateError,
     UsageError,
     commit,
-    dcmwrite,
 )
 from dicomcommit import headers as headers_module
 from dicomcommit._faults import BATCH_POINTS, POINTS
 from dicomcommit.demo import synthetic_dataset
-from tests.conftest import ROOT, archive_files, copy_in, sha256_of, staged_files
+from tests.conftest import ROOT, archive_files, copy_in, sha256_of, staged_files, write_foreign, write_settled
 
 MakeDs = Callable[..., Dataset]
 
@@ -125,8 +124,8 @@ def test_on_conflict_error_stops_and_leaves_the_file_staged(dirs: tuple[Path, Pa
 
 def test_not_dicom_files_are_set_aside_never_deleted(dirs: tuple[Path, Path]) -> None:
     staging, archive = dirs
-    (staging / "notes.txt").write_text("not dicom")
-    (staging / "empty.dcm").write_bytes(b"")
+    write_settled(staging / "notes.txt", "not dicom")
+    write_settled(staging / "empty.dcm", b"")
     copy_in("ExplVR_LitEndNoMeta.dcm", staging)  # a dataset without File Meta: not Part 10
     report = commit(staging, archive)
     assert report.invalid == 3
@@ -142,8 +141,8 @@ def test_not_dicom_files_are_set_aside_never_deleted(dirs: tuple[Path, Path]) ->
 
 def test_unfinished_hidden_and_symlinked_entries_are_left_alone(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
     staging, archive = dirs
-    (staging / "x.dcm.part").write_bytes(b"half")
-    (staging / ".hidden").write_bytes(b"h")
+    write_settled(staging / "x.dcm.part", b"half")
+    write_settled(staging / ".hidden", b"h")
     outside = tmp_path / "outside.dcm"
     copy_in("CT_small.dcm", tmp_path, "outside.dcm")
     (staging / "link.dcm").symlink_to(outside)
@@ -179,7 +178,7 @@ def test_a_foreign_file_is_named_and_committed_without_reading_its_pixel_data(
 ) -> None:
     staging, archive = dirs
     big = synthetic_dataset(ROOT, 1, size=4096)  # 32 MiB of pixel data
-    dcmwrite(staging / "big.dcm", big, enforce_file_format=True)
+    write_foreign(staging / "big.dcm", big)
     size = (staging / "big.dcm").stat().st_size
     before = _bytes_read()
     assert commit(staging, archive, dry_run=True).committed == 1
@@ -191,7 +190,7 @@ def test_a_foreign_file_is_named_and_committed_without_reading_its_pixel_data(
         (row,) = manifest.records()
     assert (row.sha256, row.size) == (None, size)  # not hashed: `recover --verify` fills it in
     # A name already taken is the one case that reads the bytes: both files are hashed.
-    dcmwrite(staging / "again.dcm", big, enforce_file_format=True)
+    write_foreign(staging / "again.dcm", big)
     before = _bytes_read()
     report = commit(staging, archive)
     assert report.duplicates == 1
@@ -201,9 +200,9 @@ def test_a_foreign_file_is_named_and_committed_without_reading_its_pixel_data(
 
 def test_a_foreign_conflict_records_both_hashes(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
     staging, archive = dirs
-    dcmwrite(staging / "a.dcm", make_ds(1), enforce_file_format=True)
+    write_foreign(staging / "a.dcm", make_ds(1))
     commit(staging, archive)
-    dcmwrite(staging / "b.dcm", make_ds(1, variant=1), enforce_file_format=True)
+    write_foreign(staging / "b.dcm", make_ds(1, variant=1))
     kept = sha256_of(staging / "b.dcm")
     report = commit(staging, archive)
     (row,) = report.records
@@ -219,11 +218,11 @@ def test_a_killed_commit_of_foreign_files_converges_on_a_rerun(
     """Foreign files are recorded unhashed (or hashed, when a name is taken): a rerun after a
     kill at any step records each exactly once."""
     staging, archive = dirs
-    dcmwrite(staging / "first.dcm", make_ds(0), enforce_file_format=True)
+    write_foreign(staging / "first.dcm", make_ds(0))
     commit(staging, archive)
     for i in range(4):
-        dcmwrite(staging / f"f{i}.dcm", make_ds(i), enforce_file_format=True)  # f0: a duplicate
-    dcmwrite(staging / "other.dcm", make_ds(1, variant=1), enforce_file_format=True)  # a conflict
+        write_foreign(staging / f"f{i}.dcm", make_ds(i))  # f0: a duplicate
+    write_foreign(staging / "other.dcm", make_ds(1, variant=1))  # a conflict
     code = "import sys; from dicomcommit import commit; commit(sys.argv[1], sys.argv[2])"
     nth = 1 if point in BATCH_POINTS else 2  # once per batch, or at the second file
     env = {**os.environ, "DICOMCOMMIT_CRASH_AT": f"{point}:{nth}"}
@@ -433,10 +432,10 @@ def test_dry_run_predicts_and_changes_nothing(dirs: tuple[Path, Path], make_ds: 
     stager = Stager(staging)
     for n, (i, variant) in enumerate([(1, 0), (1, 0), (1, 1), (2, 0)]):
         if foreign:  # hashed only when their names collide, as commit does
-            dcmwrite(staging / f"{n}.dcm", make_ds(i, variant), enforce_file_format=True)
+            write_foreign(staging / f"{n}.dcm", make_ds(i, variant))
         else:
             stager.stage(make_ds(i, variant))
-    (staging / "junk.bin").write_bytes(b"junk")
+    write_settled(staging / "junk.bin", b"junk")
     before = sorted(p.name for p in staging_files_all(staging))
     plan = commit(staging, archive, dry_run=True)
     assert not archive.exists()

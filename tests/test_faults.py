@@ -12,12 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import CommitError, DicomCommitError, Manifest, StageError, Stager, commit
-from tests.conftest import copy_in, sha256_of, staged_files, wheel_file
+from tests.conftest import copy_in, settled, sha256_of, staged_files, wheel_file, write_foreign, write_settled
 
 MakeDs = Callable[..., Dataset]
 ERRNOS = [errno.ENOSPC, errno.EIO, errno.EACCES, errno.EMLINK, errno.EROFS]
@@ -69,7 +68,7 @@ def test_commit_faults_fail_clearly_and_a_rerun_succeeds(  # noqa: PLR0917 -- py
     stager = Stager(staging)
     for i, variant in [(0, 0), (1, 0), (1, 0), (1, 1), (2, 0), (3, 0)]:
         stager.stage(make_ds(i, variant))
-    (staging / "junk.bin").write_bytes(b"junk")
+    write_settled(staging / "junk.bin", b"junk")
     staged = {p.name: sha256_of(p) for p in staged_files(staging)}
     fault = Fault(monkeypatch, syscall, code, nth)
     error: DicomCommitError | None = None
@@ -163,12 +162,12 @@ def test_a_read_only_archive_fails_clearly_and_loses_nothing(
 
 def _hostile_files(staging: Path, make_ds: MakeDs) -> None:
     """Every kind of file a staging directory should survive."""
-    (staging / "empty.dcm").write_bytes(b"")
-    (staging / "text.txt").write_text("not dicom at all")
-    (staging / "preamble-only.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    write_settled(staging / "empty.dcm", b"")
+    write_settled(staging / "text.txt", "not dicom at all")
+    write_settled(staging / "preamble-only.dcm", b"\0" * 128 + b"DICM")
     ct = wheel_file("CT_small.dcm").read_bytes()
-    (staging / "truncated-header.dcm").write_bytes(ct[:700])
-    (staging / "gzip.dcm.gz").write_bytes(gzip.compress(ct))
+    write_settled(staging / "truncated-header.dcm", ct[:700])
+    write_settled(staging / "gzip.dcm.gz", gzip.compress(ct))
     copy_in("ExplVR_LitEndNoMeta.dcm", staging)  # no File Meta
     copy_in("image_dfl.dcm", staging)  # deflated
     copy_in("MR_small_bigendian.dcm", staging)  # big endian
@@ -181,13 +180,15 @@ def _hostile_files(staging: Path, make_ds: MakeDs) -> None:
             warnings.simplefilter("ignore")  # pydicom warns about over-long and odd values
             ds.PatientID = value
             ds.StudyDescription = value
-            pydicom.dcmwrite(staging / f"hostile-{i}.dcm", ds, enforce_file_format=True)
+            write_foreign(staging / f"hostile-{i}.dcm", ds)
     missing = make_ds(200)
     missing.file_meta.MediaStorageSOPClassUID = missing.SOPClassUID
     missing.file_meta.MediaStorageSOPInstanceUID = missing.SOPInstanceUID
     for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
         delattr(missing, keyword)
-    pydicom.dcmwrite(staging / "no-naming-tags.dcm", missing, enforce_file_format=True)
+    write_foreign(staging / "no-naming-tags.dcm", missing)
+    for path in staging.iterdir():
+        settled(path)  # written by other tools, long before the commit
 
 
 def test_hostile_files_each_get_a_defined_outcome(tmp_path: Path, make_ds: MakeDs) -> None:

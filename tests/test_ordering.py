@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import Manifest, Stager, _fs, commit, recover, resolve
+from tests.conftest import write_foreign
 
 MakeDs = Callable[..., Dataset]
 
@@ -58,11 +58,16 @@ def _first(seen: list[tuple[str, str]], call: str, name: str) -> int:
     return next(i for i, event in enumerate(seen) if event == (call, name))
 
 
+def _part_of(seen: list[tuple[str, str]], staged: str) -> str:
+    """The .part name the stager wrote *staged* under (it carries the stager's journal id)."""
+    return next(name for _, name in seen if name.startswith(f"{staged}.") and name.endswith(".part"))
+
+
 def test_stage_fsyncs_the_part_file_before_renaming_it(
     tmp_path: Path, make_ds: MakeDs, events: list[tuple[str, str]]
 ) -> None:
     staged = Stager(tmp_path).stage(make_ds(1))
-    part = staged.name + ".part"
+    part = _part_of(events, staged.name)
     assert _first(events, "fsync", part) < _first(events, "rename", part)
 
 
@@ -71,7 +76,7 @@ def test_stage_many_flushes_the_part_files_before_renaming_them(
 ) -> None:
     paths = Stager(tmp_path).stage_many(make_ds(i) for i in range(100))  # two batches of flushes
     for path in paths:
-        part = path.name + ".part"
+        part = _part_of(events, path.name)
         assert _first(events, "flush", part) < _first(events, "rename", part)
 
 
@@ -80,7 +85,7 @@ def test_foreign_bytes_are_made_durable_before_any_name_points_at_them(
 ) -> None:
     staging, archive = dirs
     for i in range(5):  # written by another tool: nothing says they are on disk
-        pydicom.dcmwrite(staging / f"foreign-{i}.dcm", make_ds(i), enforce_file_format=True)
+        write_foreign(staging / f"foreign-{i}.dcm", make_ds(i))
     commit(staging, archive)
     for i in range(5):
         name = f"foreign-{i}.dcm"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomcommit import Manifest, Stager, UsageError, commit, dcmwrite
+from dicomcommit import Manifest, Stager, UsageError, commit
 from dicomcommit.cli import main
 from dicomcommit.recovery import recover
-from tests.conftest import archive_files, sha256_of, staged_files
+from tests.conftest import archive_files, sha256_of, staged_files, write_foreign
 
 MakeDs = Callable[..., Dataset]
 
@@ -118,7 +118,7 @@ def test_verify_catches_changed_bytes(dirs: tuple[Path, Path], make_ds: MakeDs) 
 
 def test_verify_fills_in_the_hashes_commit_did_not_compute(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
     staging, archive = dirs
-    dcmwrite(staging / "foreign.dcm", make_ds(1), enforce_file_format=True)
+    write_foreign(staging / "foreign.dcm", make_ds(1))
     commit(staging, archive)
     path = archive / _target(make_ds(1))
     with Manifest(archive) as manifest:

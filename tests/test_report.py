@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import struct
 import subprocess
@@ -98,7 +99,9 @@ def test_the_report_command(archive: Path, tmp_path: Path, capsys: pytest.Captur
     assert main(["report", str(archive)]) == 2  # -o is required
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Chromium is not installed")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and not os.environ.get("CI"), reason="Chromium is not installed (CI installs it)"
+)
 def test_the_report_renders_in_headless_chromium(archive: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     write_report(archive, out)

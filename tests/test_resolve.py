@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomcommit import Manifest, Stager, UsageError, commit, dcmwrite
+from dicomcommit import Manifest, Stager, UsageError, commit
 from dicomcommit._faults import RESOLVE_POINTS
 from dicomcommit.cli import main
 from dicomcommit.resolving import Keep, resolve, resolve_many
 from dicomcommit.review import show
-from tests.conftest import archive_files, sha256_of
+from tests.conftest import archive_files, sha256_of, write_foreign
 
 MakeDs = Callable[..., Dataset]
 
@@ -118,7 +118,7 @@ def test_keep_staged_swaps_atomically_and_keeps_the_old_file(
 
 def test_keep_staged_over_a_foreign_file_records_the_hash_it_read(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
     staging, archive = dirs
-    dcmwrite(staging / "foreign.dcm", make_ds(1), enforce_file_format=True)
+    write_foreign(staging / "foreign.dcm", make_ds(1))
     commit(staging, archive)  # named from its header alone: no hash yet
     old = sha256_of(archive / _target(make_ds(1)))
     Stager(staging).stage(make_ds(1, 1))

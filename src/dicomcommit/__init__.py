@@ -9,7 +9,7 @@ same name are kept as conflicts in the :class:`Manifest`, for a person to :func:
 
 from __future__ import annotations
 
-from dicomcommit.committing import CommitReport, commit
+from dicomcommit.committing import commit
 from dicomcommit.errors import (
     CommitError,
     ConflictError,
@@ -27,6 +27,7 @@ from dicomcommit.errors import (
 from dicomcommit.ingesting import ingest
 from dicomcommit.manifest import Manifest, Record
 from dicomcommit.naming import DEFAULT_TEMPLATE, MISSING
+from dicomcommit.outcomes import CommitReport
 from dicomcommit.recovery import RecoverReport, recover
 from dicomcommit.report import write_report
 from dicomcommit.resolving import resolve, resolve_many

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,11 +37,17 @@ class Placed(Enum):
     EXISTS = "exists"  # another file holds the destination; nothing was changed
 
 
-def write_exclusive(dir_fd: int, name: str, data: bytes | memoryview, *, durable: bool, mode: int = FILE_MODE) -> None:
+def write_exclusive(
+    dir_fd: int, name: str, data: bytes | memoryview, *, durable: bool, mode: int = FILE_MODE, stamp: bool = False
+) -> os.stat_result:
     """Create *name* in *dir_fd* with *data*; it must not exist. Removes it again on failure.
 
     ``O_EXCL|O_NOFOLLOW``: a planted file or symlink at the name makes this fail instead of
-    writing through it.
+    writing through it. With *stamp*, the file's mtime is set to the present moment read
+    from the fine clock: the kernel stamps writes from a coarse clock (one tick is several
+    milliseconds), so any later write, even in the same tick, leaves another mtime, and
+    (inode, size, mtime) identifies these bytes (on filesystems with nanosecond times).
+    Returns the file's stat after writing.
     """
     fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
     try:
@@ -48,8 +55,12 @@ def write_exclusive(dir_fd: int, name: str, data: bytes | memoryview, *, durable
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            if stamp:
+                moment = time.time_ns()
+                os.utime(fd, ns=(moment, moment))
             if durable:
                 os.fsync(fd)
+            return os.fstat(fd)
         finally:
             os.close(fd)
     except BaseException:
@@ -253,7 +264,9 @@ class DirTree:
 
         With *copy*, or when the file is on another filesystem (``EXDEV``), its bytes are
         first copied into the tree's *tmp* directory (fsynced when durable), and the copy is
-        linked: the root then never shares an inode with what it copied from.
+        linked: the root then never shares an inode with what it copied from. (A *copy* whose
+        destination already is the same inode was linked there by an interrupted earlier run,
+        before it had other names: ``SAME_INODE``, as for a link.)
 
         Raises:
             NoClobberUnsupported: the filesystem has no hard links.
@@ -262,6 +275,8 @@ class DirTree:
         dst_fd = self.dir_fd(dirs)
         where = "/".join((str(self.root), *dirs, name))
         placed = None
+        if copy and _same_inode(src_dir_fd, src, dst_fd, name):
+            return Placed.SAME_INODE
         if not copy:
             try:
                 placed = link_noclobber(src_dir_fd, src, dst_fd, name, where=where)

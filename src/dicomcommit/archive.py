@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 from datetime import UTC, datetime
@@ -18,10 +19,24 @@ from dicomcommit.layout import LOCK_NAME, STATE_DIR
 def archive_lock(archive: Path, timeout: float | None) -> Locked:
     """The archive lock (``ARCHIVE/.dicomcommit/lock``), creating the state directory if needed.
 
+    *timeout*: seconds to wait for it (0: try once), or None to wait as long as it takes.
+
     Raises:
+        UsageError: *timeout* is negative, infinite or not a number (checked first).
         CommitError: the state directory cannot be made, or is not a real directory.
     """
+    check_lock_timeout(timeout)
     return Locked(FileLock(make_state_dir(archive) / LOCK_NAME, timeout=-1 if timeout is None else timeout))
+
+
+def check_lock_timeout(timeout: float | None) -> None:
+    """Refuse a lock timeout that is not None or a finite number of seconds, 0 or more.
+
+    Raises:
+        UsageError: naming the value (filelock would take a negative one as "forever").
+    """
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise UsageError(f"lock_timeout must be a finite number of seconds, 0 or more, or None; not {timeout!r}")
 
 
 def check_dirs(staging: Path, archive: Path, *, what: str = "staging directory") -> tuple[Path, Path]:

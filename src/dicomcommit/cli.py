@@ -11,27 +11,73 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from dicomcommit.committing import DEFAULT_BATCH, ON_CONFLICT_CHOICES, CommitReport, commit
+from dicomcommit.committing import DEFAULT_BATCH, DEFAULT_SETTLE, ON_CONFLICT_CHOICES, commit
 from dicomcommit.demo import run_demo
-from dicomcommit.display import print_csv, print_recovery, print_shown, print_summary, print_table
+from dicomcommit.display import (
+    PrintableFormatter,
+    print_csv,
+    print_recovery,
+    print_shown,
+    print_summary,
+    print_table,
+    printable,
+)
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
 from dicomcommit.ingesting import ingest
 from dicomcommit.manifest import STATUSES, Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE
+from dicomcommit.outcomes import CommitReport
 from dicomcommit.recovery import DEFAULT_PART_AGE, recover
 from dicomcommit.report import write_report
 from dicomcommit.resolving import KEEP_CHOICES, resolve_many
 from dicomcommit.review import show
 
+log = logging.getLogger("dicomcommit")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def seconds(text: str) -> float:
+    """An option's value as seconds: a finite number, 0 or more.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (``nan``, ``inf``, ``-1``, ``soon``), which
+            the parser turns into a usage error naming the option.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    # float() takes "nan" and "inf"; every comparison with nan is false, so it would pass a
+    # range check and then wait forever, or crash deep inside the lock.
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, not {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """An option's value as a count: a whole number, 1 or more.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else, which the parser turns into a usage error.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,14 +103,15 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
     c.add_argument("--dry-run", action="store_true", help="report what would happen; change nothing")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--no-fsync", action="store_true", help="skip fsync (only for data you can regenerate)")
-    c.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS", help="give up waiting for the lock")
     c.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH,
-        metavar="N",
-        help=f"files per lock hold and manifest transaction [{DEFAULT_BATCH}]",
+        "--settle",
+        type=seconds,
+        default=DEFAULT_SETTLE,
+        metavar="SECONDS",
+        help="leave files no stager wrote for a later run until they are unmodified this long; 0 takes them "
+        f"at once [{DEFAULT_SETTLE:g}]",
     )
+    _add_lock_options(c)
 
     i = sub.add_parser("ingest", help="commit an existing tree of DICOM files (copy, or --move)")
     i.add_argument("source", type=Path, help="a tree of files: any names, nested, mixed with other files")
@@ -73,10 +120,23 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
     i.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"final name over DICOM keywords [{DEFAULT_TEMPLATE}]")
     i.add_argument("--on-conflict", choices=ON_CONFLICT_CHOICES, default="record", help="what to do with a conflict")
     i.add_argument("--allow-collisions", action="store_true", help="accept a template without {SOPInstanceUID}")
-    i.add_argument("--jobs", type=int, default=1, metavar="N", help="processes reading headers [1]")
+    i.add_argument("--jobs", type=count, default=1, metavar="N", help="header-reading processes, at most 1 per CPU [1]")
     i.add_argument("--dry-run", action="store_true", help="report what would happen; change nothing")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.add_argument("--no-fsync", action="store_true", help="skip fsync (only for data you can regenerate)")
+    _add_lock_options(i)
+
+
+def _add_lock_options(p: _Parser) -> None:
+    """The options of commit and ingest that set how the archive lock is held."""
+    p.add_argument("--lock-timeout", type=seconds, default=None, metavar="SECONDS", help="give up waiting for the lock")
+    p.add_argument(
+        "--batch-size",
+        type=count,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help=f"files per lock hold and manifest transaction [{DEFAULT_BATCH}]",
+    )
 
 
 def _add_review_commands(sub: Subparsers[_Parser]) -> None:
@@ -113,7 +173,7 @@ def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
     rc.add_argument("--json", action="store_true", help="print the report as JSON")
     rc.add_argument(
         "--part-age",
-        type=float,
+        type=seconds,
         default=DEFAULT_PART_AGE,
         metavar="SECONDS",
         help=f"set aside .part files older than this that no process has open [{DEFAULT_PART_AGE:g}]",
@@ -123,31 +183,93 @@ def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
         action="store_true",
         help="also hash every recorded file against the manifest, and fill in missing hashes",
     )
-    rc.add_argument("--template", default=DEFAULT_TEMPLATE, help="the template the interrupted commit used")
+    rc.add_argument(
+        "--template",
+        default=None,
+        help="finish linked files under this template instead of the one their commit run recorded "
+        f"(with --rebuild-manifest: names conflicts) [the run's; {DEFAULT_TEMPLATE}]",
+    )
+    rc.add_argument(
+        "--rebuild-manifest",
+        action="store_true",
+        help="set a damaged manifest aside (kept) and rebuild its rows from the archive",
+    )
 
     d = sub.add_parser("demo", help="stage synthetic datasets from several processes, then commit them")
-    d.add_argument("--workers", type=int, default=4, help="stager processes [4]")
-    d.add_argument("--files", type=int, default=250, help="datasets each worker stages [250]")
+    d.add_argument("--workers", type=count, default=4, help="stager processes [4]")
+    d.add_argument("--files", type=count, default=250, help="datasets each worker stages [250]")
     d.add_argument("--staging", type=Path, default=Path("staging"), help="staging directory [staging]")
     d.add_argument("--archive", type=Path, default=Path("archive"), help="archive directory [archive]")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with *argv* (default ``sys.argv[1:]``) and return the exit code."""
-    logging.basicConfig(format="dicomcommit: %(message)s", level=logging.WARNING)
-    try:
-        args = build_parser().parse_args(argv)
-        handlers = {"commit": _commit, "ingest": _ingest, "review": _review, "show": _show, "resolve": _resolve,
-                    "report": _report, "recover": _recover, "demo": _demo}  # fmt: skip
-        return handlers[args.command](args)
-    except SystemExit as exc:  # --help
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    except DicomCommitError as exc:
-        print(f"dicomcommit: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("dicomcommit: interrupted; rerun the same command to finish (nothing was lost)", file=sys.stderr)
-        return 130
+    """Run the command line with *argv* (default ``sys.argv[1:]``) and return the exit code.
+
+    Every failure dicomcommit raises on purpose becomes a one-line message and its exit
+    code; anything else is a bug and keeps its traceback.
+    """
+    _configure_logging()
+    # Scoped to this call: a program (or a test) that calls main() keeps its own warning setup.
+    with warnings.catch_warnings():
+        warnings.showwarning = _log_warning
+        try:
+            args = build_parser().parse_args(argv)
+            handlers = {"commit": _commit, "ingest": _ingest, "review": _review, "show": _show, "resolve": _resolve,
+                        "report": _report, "recover": _recover, "demo": _demo}  # fmt: skip
+            return handlers[args.command](args)
+        except SystemExit as exc:  # --help
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
+        except DicomCommitError as exc:
+            print(f"dicomcommit: error: {printable(str(exc))}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("dicomcommit: interrupted; rerun the same command to finish (nothing was lost)", file=sys.stderr)
+            return 130
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to ``sys.stderr`` as it is at each record (a test, or a caller, may swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # logging's contract: a handler never raises into the code that logs
+            self.handleError(record)
+
+
+class _CliFormatter(PrintableFormatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return f"dicomcommit: {record.levelname.lower()}: {super().formatMessage(record)}"
+
+
+def _configure_logging() -> None:
+    """Print our logger's warnings, once each; nothing else prints (idempotent: main() may run often).
+
+    The root logger is left alone: a handler there would print every library's records,
+    pydicom's included, and pydicom logs each warning it also issues with ``warnings``.
+    """
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_CliFormatter("%(message)s"))
+        log.addHandler(handler)
+    pydicom_log = logging.getLogger("pydicom")
+    # Its copy of each warning (which we log with the file's name), and the tracebacks its
+    # decoders log before raising (which we report in a line): not for a person to read.
+    pydicom_log.propagate = False
+    if not pydicom_log.handlers:
+        pydicom_log.addHandler(logging.NullHandler())
+
+
+def _log_warning(  # noqa: PLR0917 (the signature of warnings.showwarning)
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for the CLI: a warning no code caught is one line of our log."""
+    log.warning("%s", message)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -167,6 +289,7 @@ def _commit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lock_timeout=args.lock_timeout,
         progress=progress,
+        settle=args.settle,
     )
     return _print_report(report, args, progress)
 
@@ -183,6 +306,8 @@ def _ingest(args: argparse.Namespace) -> int:
         durable=not args.no_fsync,
         dry_run=args.dry_run,
         allow_collisions=args.allow_collisions,
+        batch_size=args.batch_size,
+        lock_timeout=args.lock_timeout,
         progress=progress,
     )
     return _print_report(report, args, progress)
@@ -201,7 +326,7 @@ def _print_report(report: CommitReport, args: argparse.Namespace, progress: _Pro
 
 def _recover(args: argparse.Namespace) -> int:
     report = recover(args.archive, args.staging, check=args.check, part_age=args.part_age, verify=args.verify,
-                     template=args.template)  # fmt: skip
+                     template=args.template, rebuild_manifest=args.rebuild_manifest)  # fmt: skip
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         print()
@@ -234,8 +359,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    count = write_report(args.archive, args.output)
-    print(f"{count} open conflicts written to {args.output}")
+    listed = write_report(args.archive, args.output)
+    print(printable(f"{listed} open conflicts written to {args.output}"))
     return EXIT_OK
 
 
@@ -251,7 +376,7 @@ def _resolve(args: argparse.Namespace) -> int:
         print()
     else:
         for r in records:
-            print(f"#{r.id}: {r.resolution} kept by {r.resolved_by}; now {r.status} at {r.path}")
+            print(printable(f"#{r.id}: {r.resolution} kept by {r.resolved_by}; now {r.status} at {r.path}"))
         if not records:
             print("no open conflict matched")
     return EXIT_OK

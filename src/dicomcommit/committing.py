@@ -21,13 +21,15 @@ finds its earlier links (same inode) and records them, so commit converges.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from dicomcommit import _fs
 from dicomcommit._faults import point
@@ -38,6 +40,7 @@ from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record
 from dicomcommit.naming import DEFAULT_TEMPLATE, Attrs, Template, parse_template
+from dicomcommit.outcomes import CommitReport
 from dicomcommit.planning import plan
 from dicomcommit.scanning import scan_staging
 
@@ -47,57 +50,10 @@ OnConflict = Literal["record", "suffix", "error"]
 SourceMode = Literal["staging", "copy", "move"]
 ON_CONFLICT_CHOICES: tuple[OnConflict, ...] = ("record", "suffix", "error")
 DEFAULT_BATCH = 2000
+DEFAULT_SETTLE = 2.0  # seconds a foreign file must go unmodified before commit takes it
 
 Progress = Callable[[int, int], None]
-_REVIEW = frozenset({"conflict", "invalid"})
-_COUNTED = {"committed": "committed", "duplicate": "duplicates", "conflict": "conflicts", "invalid": "invalid"}
 _T = TypeVar("_T")
-
-
-@dataclass
-class CommitReport:
-    """What one commit run did (or, with ``dry_run``, would do)."""
-
-    committed: int = 0
-    duplicates: int = 0
-    conflicts: int = 0
-    invalid: int = 0
-    run: str = ""
-    dry_run: bool = False
-    #: The conflicts and invalid files of this run (in a dry run: every predicted outcome).
-    #: Every outcome is in the manifest: ``Manifest(archive).records(run=report.run)``.
-    records: list[Record] = field(default_factory=list)
-    #: Files left where they were, with why: unfinished .part files, symlinks, special files,
-    #: and (ingest) files that are not DICOM.
-    left_in_place: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def skipped(self) -> int:
-        """How many files were left where they were."""
-        return len(self.left_in_place)
-
-    @property
-    def needs_review(self) -> bool:
-        """True when conflicts or invalid files were recorded."""
-        return bool(self.conflicts or self.invalid)
-
-    def count(self, record: Record) -> None:
-        """Add *record* to the counts and the list."""
-        field_name = _COUNTED[record.status]
-        setattr(self, field_name, getattr(self, field_name) + 1)
-        if self.dry_run or record.status in _REVIEW:
-            self.records.append(record)
-
-    def counts(self) -> dict[str, int]:
-        """The counts as a dict."""
-        return {k: getattr(self, k) for k in ("committed", "duplicates", "conflicts", "invalid", "skipped")}
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly summary: the counts, and the records that need review."""
-        key = "planned" if self.dry_run else "needs_review"
-        left = [{"file": name, "reason": reason} for name, reason in self.left_in_place]
-        return {"run": self.run, "dry_run": self.dry_run, **self.counts(), key: [r.to_dict() for r in self.records],
-                "left_in_place": left}  # fmt: skip
 
 
 @names_os_errors("commit")
@@ -113,6 +69,7 @@ def commit(
     batch_size: int = DEFAULT_BATCH,
     lock_timeout: float | None = None,
     progress: Progress | None = None,
+    settle: float = DEFAULT_SETTLE,
 ) -> CommitReport:
     """Commit every staged file in *staging_dir* into *archive_dir*.
 
@@ -127,6 +84,9 @@ def commit(
         batch_size: files per lock hold and manifest transaction.
         lock_timeout: seconds to wait for the archive lock (None: wait as long as it takes).
         progress: called as ``progress(done, total)`` after each batch.
+        settle: seconds a foreign file (one no stager wrote, or whose journal line does not
+            describe it) must have gone unmodified before it is taken: a younger one may still
+            be growing, and is left in place for the next run (0: take it at once).
 
     Raises:
         UsageError: bad arguments (TemplateError for the template).
@@ -139,6 +99,8 @@ def commit(
         raise UsageError(f"on_conflict must be one of {', '.join(ON_CONFLICT_CHOICES)}, not {on_conflict!r}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+    if not math.isfinite(settle) or settle < 0:
+        raise UsageError(f"settle must be a number of seconds (0 or more), not {settle!r}")
     parsed = parse_template(template, allow_collisions=allow_collisions)
     staging, archive = check_dirs(Path(staging_dir), Path(archive_dir))
     scan = scan_staging(staging)
@@ -146,10 +108,10 @@ def commit(
     for name, reason in scan.skipped:
         log.warning("left in staging: %s (%s)", staging / name, reason)
     if dry_run:
-        plan(staging, archive, scan.files, parsed, report)
+        plan(staging, archive, scan.files, parsed, report, settle=settle)
         return report
     commit_names(staging, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable,
-                 batch_size=batch_size, lock_timeout=lock_timeout, progress=progress)  # fmt: skip
+                 batch_size=batch_size, lock_timeout=lock_timeout, progress=progress, settle=settle)  # fmt: skip
     return report
 
 
@@ -167,13 +129,14 @@ def commit_names(
     progress: Progress | None = None,
     mode: SourceMode = "staging",
     described: dict[str, Described] | None = None,
+    settle: float = 0,
 ) -> None:
     """Commit the files *names* (relative to *staging*), adding to *report*.
 
     *mode* and *described* serve ingest: see :class:`_Committer`.
     """
     committer = _Committer(staging, archive, template, on_conflict=on_conflict, durable=durable, report=report,
-                           mode=mode, described=described)  # fmt: skip
+                           mode=mode, described=described, settle=settle)  # fmt: skip
     committer.run(names, batch_size, lock_timeout, progress)
 
 
@@ -183,10 +146,14 @@ class _Staged:
 
     name: str
     size: int
-    sha256: str | None = None  # from the journal, or hashed when a comparison needs it
+    mtime_ns: int = 0  # when its bytes last changed
+    nlink: int = 1  # more than 1: other names share its inode (copied, never linked)
+    sha256: str | None = None  # hashed from its bytes, when a comparison needs it
+    claimed: str | None = None  # the hash its journal line claims (trusted only to commit it)
     attrs: Attrs = field(default_factory=dict)
     unsynced: bool = False  # its bytes may not be durable yet
     invalid: str | None = None  # why it is not DICOM we can name
+    left: str | None = None  # why it stays where it is for now (too young to be complete)
     fd: int | None = None
 
 
@@ -210,10 +177,12 @@ class _Committer:
         report: CommitReport,
         mode: SourceMode = "staging",
         described: dict[str, Described] | None = None,
+        settle: float = 0,
     ) -> None:
         self.staging, self.archive, self.template = staging, archive, template
         self.on_conflict, self.durable, self.report = on_conflict, durable, report
-        self.mode = mode
+        self.mode, self.settle_ns = mode, int(settle * 1e9)
+        self.placed: set[str] = set()  # archive paths this batch committed (their rows are not in yet)
         self.described = described or {}
         self.prefix = "" if mode == "staging" else f"{staging}/"
         self.journal = JournalIndex(staging) if mode == "staging" else None  # ingest sources have none
@@ -221,6 +190,7 @@ class _Committer:
     def run(self, names: list[str], batch_size: int, lock_timeout: float | None, progress: Progress | None) -> None:
         lock = archive_lock(self.archive, lock_timeout)
         with Manifest(self.archive, create=True, durable=self.durable) as manifest:
+            self.manifest = manifest
             manifest.start_run(self.report.run, staging=str(self.staging), template=self.template.text)
             try:
                 for start in range(0, len(names), batch_size):
@@ -242,6 +212,7 @@ class _Committer:
             self.journal.refresh()
         self.tree = _fs.DirTree(self.archive, durable=self.durable, tmp=TMP_DIR)
         self.staging_fd = _fs.open_root(self.staging)
+        self.placed.clear()
         done: list[tuple[Record, str]] = []
         try:
             described = (self._guarded(name, partial(self._describe, name)) for name in names)
@@ -271,10 +242,10 @@ class _Committer:
                     f"cannot fsync the archive ({exc.strerror}); nothing recorded", self.archive, exc
                 ) from exc
         point("commit:before-manifest")
-        manifest.add(record for record, _ in done)
+        stored = manifest.add(record for record, _ in done)
         point("commit:after-manifest")
         for record, name in done:
-            self.report.count(record)
+            self.report.count(stored.get(record.key(), record))
             if self.mode == "copy":
                 continue
             try:
@@ -295,14 +266,21 @@ class _Committer:
 
     def _outcome(self, staged: _Staged) -> Record | None:
         try:
-            if staged.invalid is None:
-                return self._place(staged)
-            if self.mode == "staging":
-                return self._set_aside(staged, staged.invalid)
-            self.report.left_in_place.append((staged.name, staged.invalid))
-            return None
+            return self._decide(staged)
         finally:
             self._close(staged)
+
+    def _decide(self, staged: _Staged) -> Record | None:
+        if staged.left is not None:
+            self.report.left_in_place.append((staged.name, staged.left))
+            log.info("left in %s for a later run: %s (%s)", self.staging, staged.name, staged.left)
+            return None
+        if staged.invalid is None:
+            return self._place(staged)
+        if self.mode == "staging":
+            return self._set_aside(staged, staged.invalid)
+        self.report.left_in_place.append((staged.name, staged.invalid))
+        return None
 
     def _open(self, staged: _Staged) -> int:
         if staged.fd is None:
@@ -315,23 +293,37 @@ class _Committer:
             staged.fd = None
 
     def _describe(self, name: str) -> _Staged | None:
-        """Size, hash and attributes: from the journal (fast path), else from the file."""
+        """Size and attributes: from the journal (fast path), else from the file itself."""
         try:
             st = os.stat(name, dir_fd=self.staging_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None  # another committer took it
         if not stat.S_ISREG(st.st_mode):
             return None  # swapped for something else since the scan; left in place
-        staged = _Staged(name, st.st_size)
+        staged = _Staged(name, st.st_size, st.st_mtime_ns, st.st_nlink)
         known = self.described.pop(name, None)
         if known is not None and known.size == st.st_size:
             staged.attrs, staged.invalid = known.attrs, known.invalid
             staged.unsynced = self.mode != "copy"
             return staged
         record = None if self.journal is None else self.journal.get(name)
-        if record is not None and record.serves(st.st_size, self.template.keywords):
-            staged.sha256, staged.attrs, staged.unsynced = record.sha256, record.attrs, not record.durable
+        if record is not None and record.describes(st):
+            staged.claimed, staged.unsynced = record.sha256, not record.durable
+            if record.covers(self.template.keywords):
+                staged.attrs = record.attrs
+                return staged
+            return self._read_header(staged)  # a stager's file is complete: no need to wait
+        return self._read_foreign(staged)
+
+    def _read_foreign(self, staged: _Staged) -> _Staged:
+        """Name a file no stager vouches for from its header, once it has settled."""
+        if self.settle_ns and (age := time.time_ns() - staged.mtime_ns) < self.settle_ns:
+            staged.left = (f"modified {max(age, 0) / 1e9:.1f} s ago, may still be written; "
+                           f"taken once unchanged for {self.settle_ns / 1e9:g} s")  # fmt: skip
             return staged
+        return self._read_header(staged)
+
+    def _read_header(self, staged: _Staged) -> _Staged:
         try:
             fd = self._open(staged)
             # A foreign writer may not have made its bytes durable; copies are fsynced themselves.
@@ -345,21 +337,23 @@ class _Committer:
         return staged
 
     def _sha256(self, staged: _Staged) -> str:
-        """The staged file's hash, reading its bytes if nothing has yet."""
+        """The hash of the staged file's bytes (read once; never taken from the journal)."""
         if staged.sha256 is None:
             staged.sha256, _ = hash_file(self._open(staged))
         return staged.sha256
 
-    def _place(self, staged: _Staged) -> Record:
+    def _place(self, staged: _Staged) -> Record | None:
         target = self.template.render(staged.attrs)
         dirs, fname = _fs.split_rel(target)
         placed = self._link(staged, dirs, fname)
         if placed is not _fs.Placed.EXISTS:
-            detail = "" if placed is _fs.Placed.CREATED else "linked by an interrupted earlier run"
-            return self._record(staged, "committed", target, target, detail=detail)
+            return self._committed(staged, target, target, placed)
         existing = self._existing_sha256(dirs, fname)
-        if existing == self._sha256(staged):
-            return self._record(staged, "duplicate", target, target, detail="identical file already committed")
+        sha256 = self._sha256(staged)
+        if staged.claimed is not None and staged.claimed != sha256:
+            return self._journal_was_wrong(staged)
+        if existing == sha256:
+            return self._identical(staged, target, target, detail="identical file already committed")
         if self.on_conflict == "error":
             raise ConflictError(str(self.staging / staged.name), str(self.archive / target))
         if self.on_conflict == "suffix":
@@ -367,6 +361,46 @@ class _Committer:
             if record is not None:
                 return record
         return self._keep_conflict(staged, target, existing)
+
+    def _journal_was_wrong(self, staged: _Staged) -> Record | None:
+        """The journal's line does not describe these bytes (edited after staging, or a false
+        line): nothing of it is used; the file is named from its own header, as a foreign one."""
+        log.warning("%s: its bytes are not the ones its journal line describes; named from its header",
+                    self.staging / staged.name)  # fmt: skip
+        staged.claimed = None
+        staged.attrs = {}
+        self._read_foreign(staged)
+        if self.durable and staged.unsynced and staged.left is None:
+            _fs.flush_files(self.staging_fd, [staged.name])  # bytes durable before any name
+        return self._decide(staged)
+
+    def _committed(
+        self,
+        staged: _Staged,
+        target: str,
+        path: str,
+        placed: _fs.Placed,
+        *,
+        detail: str = "",
+        existing: str | None = None,
+    ) -> Record:
+        notes = [detail] if detail else []
+        if placed is _fs.Placed.SAME_INODE:
+            notes.append("linked by an interrupted earlier run")
+        elif staged.nlink > 1 and self.mode != "copy":
+            notes.append(f"copied, not linked: the file has {staged.nlink - 1} other hard link(s)")
+        self.placed.add(path)
+        return self._record(staged, "committed", target, path, detail="; ".join(notes), existing=existing)
+
+    def _identical(self, staged: _Staged, target: str, path: str, *, detail: str) -> Record:
+        """The same bytes are at *path* already: a duplicate of their row, or, when they have
+        none (a copy an interrupted run placed but did not record), they are recorded now."""
+        if path in self.placed or self.manifest.records("committed", path=path):
+            return self._record(staged, "duplicate", target, path, detail=detail)
+        self.placed.add(path)
+        return self._record(staged, "committed", target, path,
+                            detail="identical bytes were already there with no manifest row (an interrupted "
+                                   "earlier run); recorded now")  # fmt: skip
 
     def _commit_suffixed(self, staged: _Staged, target: str, existing: str | None) -> Record | None:
         dirs, fname = _fs.split_rel(target)
@@ -377,22 +411,21 @@ class _Committer:
         derived_rel = "/".join((*dirs, derived))
         if placed is not _fs.Placed.EXISTS:
             detail = f"conflict with {target} (sha256 {existing}); committed under a derived name"
-            return self._record(staged, "committed", target, derived_rel, detail=detail, existing=existing)
+            return self._committed(staged, target, derived_rel, placed, detail=detail, existing=existing)
         if self._existing_sha256(dirs, derived) == staged.sha256:
-            return self._record(
-                staged, "duplicate", target, derived_rel, detail="identical file already at the derived name"
-            )
+            return self._identical(staged, target, derived_rel, detail="identical file already at the derived name")
         return None
 
     def _keep_conflict(self, staged: _Staged, target: str, existing: str | None) -> Record:
         fname = f"{self._sha256(staged)}.dcm"
         path = "/".join((*CONFLICTS_DIR, fname))
-        if self._link(staged, CONFLICTS_DIR, fname) is _fs.Placed.EXISTS:
-            # conflict copies are named by their hash: these bytes are already kept
+        if self._link(staged, CONFLICTS_DIR, fname) is _fs.Placed.EXISTS and self._open_conflict(path):
+            # conflict copies are named by their hash: these bytes are already kept, and reviewed
             return self._record(
                 staged, "duplicate", target, path, detail="identical to a recorded conflict", existing=existing
             )
         what = "a symlink or special file" if existing is None else f"a different file (sha256 {existing[:12]}…)"
+        self.placed.add(path)
         return self._record(staged, "conflict", target, path, detail=f"the target holds {what}", existing=existing)
 
     def _set_aside(self, staged: _Staged, reason: str) -> Record:
@@ -400,11 +433,17 @@ class _Committer:
         self._link(staged, INVALID_DIR, fname)  # named by hash: an identical copy is already kept
         return self._record(staged, "invalid", None, "/".join((*INVALID_DIR, fname)), detail=reason)
 
+    def _open_conflict(self, path: str) -> bool:
+        """Whether a conflict row (in this batch or the manifest) keeps the bytes at *path*."""
+        return path in self.placed or bool(self.manifest.records("conflict", path=path))
+
     def _link(self, staged: _Staged, dirs: tuple[str, ...], fname: str) -> _fs.Placed:
+        # The archive never shares an inode with a name outside it: a tree that ingest copies
+        # from, or a file with other hard links (truncating one of those would empty ours).
+        copy = self.mode == "copy" or staged.nlink > 1
         try:
-            # copy mode: the archive must not share an inode with a tree it copies from
             placed = self.tree.link_in(self.staging_fd, staged.name, dirs, fname, open_src=partial(self._open, staged),
-                                       copy=self.mode == "copy")  # fmt: skip
+                                       copy=copy)  # fmt: skip
         except DicomCommitError:
             raise
         except OSError as exc:
@@ -428,7 +467,7 @@ class _Committer:
             path=path,
             source=self.prefix + staged.name,
             size=staged.size,
-            sha256=staged.sha256,
+            sha256=staged.sha256 or staged.claimed,
             attrs=attrs,
             run=self.report.run,
             detail=detail,

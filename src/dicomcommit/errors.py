@@ -95,6 +95,10 @@ class ManifestError(DicomCommitError):
     """The manifest is missing, unreadable, or has no such row."""
 
 
+class ManifestDamaged(ManifestError):
+    """The manifest file is corrupt: ``recover --rebuild-manifest`` rebuilds it from the archive."""
+
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 

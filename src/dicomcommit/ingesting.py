@@ -10,16 +10,20 @@ on the same tree finds everything a duplicate.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from dicomcommit.archive import check_dirs, new_run_id
-from dicomcommit.committing import DEFAULT_BATCH, CommitReport, OnConflict, Progress, commit_names
+from dicomcommit.archive import check_dirs, check_lock_timeout, new_run_id
+from dicomcommit.committing import DEFAULT_BATCH, OnConflict, Progress, commit_names
 from dicomcommit.errors import UsageError, names_os_errors
 from dicomcommit.headers import Described, describe
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
+from dicomcommit.outcomes import CommitReport
 from dicomcommit.planning import plan
 from dicomcommit.scanning import scan_staging
 
@@ -45,23 +49,32 @@ def ingest(
     Args:
         move: remove each source file once its bytes are committed or recorded (default:
             copy, and leave the source tree as it was).
-        jobs: processes reading headers in parallel.
+        jobs: processes reading headers in parallel, from 1 to :func:`usable_cpus`.
         Others: as :func:`dicomcommit.commit`.
 
     Returns:
-        The report; ``left_in_place`` lists the files that are not DICOM, with why.
+        The report; ``left_in_place`` lists the files that are not DICOM, and the folders
+        that cannot be read, with why.
 
     Raises:
-        UsageError, TemplateError, ConflictError, LockTimeout, CommitError: as ``commit``.
+        UsageError: *jobs* out of range, or as ``commit`` (a bad batch size, lock timeout,
+            directory).
+        TemplateError, ConflictError, LockTimeout, CommitError: as ``commit``.
     """
-    if jobs < 1:
-        raise UsageError(f"jobs must be at least 1, not {jobs}")
+    cpus = usable_cpus()
+    if not 1 <= jobs <= cpus:
+        raise UsageError(f"jobs must be from 1 to {cpus} (the CPUs this process may use), not {jobs}")
+    # Checked before the walk, which can take minutes on a big tree.
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+    check_lock_timeout(lock_timeout)
     parsed = parse_template(template, allow_collisions=allow_collisions)
     source, archive = check_dirs(Path(source_dir), Path(archive_dir), what="source")
-    scan = scan_staging(source, include_hidden=True)
+    # A source tree is no staging directory: a file named *.part there is just a name.
+    scan = scan_staging(source, include_hidden=True, skip_parts=False)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=list(scan.skipped))
     if dry_run:
-        plan(source, archive, scan.files, parsed, report, leave_invalid=True)
+        plan(source, archive, scan.files, parsed, report, leave_invalid=True, source_prefix=f"{source}/")
         return report
     described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
     commit_names(source, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable,
@@ -70,12 +83,39 @@ def ingest(
     return report
 
 
+def usable_cpus() -> int:
+    """The number of CPUs this process may run on (its affinity mask, where there is one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _describe_all(source: Path, names: list[str], keywords: tuple[str, ...], jobs: int) -> dict[str, Described]:
     """Hash and read headers in *jobs* processes; a file that fails here is read again later."""
     read = partial(_describe_or_none, keywords=keywords)
-    with ProcessPoolExecutor(jobs) as pool:
+    with ProcessPoolExecutor(jobs, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         results = pool.map(read, [str(source / name) for name in names], chunksize=64)
         return {name: result for name, result in zip(names, results, strict=True) if result is not None}
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker when the ingest that started it is killed.
+
+    A worker of a parent that was SIGKILLed would otherwise wait for its next task for
+    minutes: its siblings hold the task pipe open, so it never sees end-of-file. Linux can
+    send a signal when the parent dies; elsewhere this does nothing more than the check.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        # The signal goes when the *thread* that forked us ends: ingest runs the pool in the
+        # calling thread, which waits in the pool until the work is done.
+        libc.prctl(ctypes.c_int(_PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL))
+    # The parent may have died before prctl took effect; then we were already adopted.
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _describe_or_none(path: str, keywords: tuple[str, ...]) -> Described | None:

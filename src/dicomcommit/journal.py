@@ -6,10 +6,16 @@ rename. Commit reads these lines instead of re-parsing headers. One journal per 
 rather than one sidecar per file: creating and deleting thousands of small files is what
 slows a filesystem down.
 
-The journal is a cache, not a source of truth: a lost or torn line only sends that file
-down the slow path (read its header), and commit checks each record's size against the
-file. A stager holds an ``flock`` on its journal for as long as it lives, so commit only
-removes a journal whose writer is gone and whose files have all been committed.
+The journal is a cache, not a source of truth: a lost, torn or false line only sends that
+file down the slow path (read its header, as for a foreign file). A record stands for a
+file only while the file is provably the one it describes: the same inode, size and
+modification time to the nanosecond, which the stager sets itself to a value no later
+write reproduces (see :func:`dicomcommit._fs.write_exclusive`); and before commit drops a
+file as a duplicate, it hashes the file's bytes whatever the journal says.
+
+A stager holds an ``flock`` on its journal for as long as it lives, from before its first
+``.part`` file exists: commit only removes a journal whose writer is gone and whose files
+have all been committed, and ``recover`` only takes a ``.part`` file whose writer is gone.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicomcommit.layout import PART_SUFFIX
 from dicomcommit.naming import Attrs
 
 JOURNAL_DIR = (".dicomcommit", "journal")
@@ -40,16 +47,23 @@ class StagedRecord:
     size: int
     durable: bool
     attrs: Attrs
+    ino: int | None = None  # the file's identity when it was written (None: a line of an older version)
+    mtime_ns: int | None = None
 
-    def serves(self, size: int, keywords: Iterable[str]) -> bool:
-        """Whether this record can stand in for reading the file: the file still has the
-        recorded size, and every keyword the template needs was recorded."""
-        return self.size == size and all(k in self.attrs for k in keywords)
+    def describes(self, st: os.stat_result) -> bool:
+        """Whether the file *st* describes is still the one the stager wrote: the same inode,
+        size and nanosecond mtime. An edit in place changes the mtime; a copy, the inode."""
+        return self.size == st.st_size and self.ino == st.st_ino and self.mtime_ns == st.st_mtime_ns
+
+    def covers(self, keywords: Iterable[str]) -> bool:
+        """Whether every keyword a template needs was recorded."""
+        return all(k in self.attrs for k in keywords)
 
     def to_line(self) -> bytes:
         """Encode as one journal line."""
         # Absent attributes stay as null: commit must tell "recorded as absent" from "not recorded".
-        fields = {"name": self.name, "sha256": self.sha256, "size": self.size, "durable": self.durable}
+        fields = {"name": self.name, "sha256": self.sha256, "size": self.size, "durable": self.durable,
+                  "ino": self.ino, "mtime_ns": self.mtime_ns}  # fmt: skip
         fields["attrs"] = self.attrs
         return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
@@ -58,14 +72,17 @@ class StagedRecord:
         """Decode a journal line; ``None`` for a torn or foreign line."""
         try:
             raw: Any = json.loads(line)
-            record = cls(raw["name"], raw["sha256"], raw["size"], raw["durable"], raw["attrs"])
-        except (ValueError, KeyError, TypeError):
+            record = cls(raw["name"], raw["sha256"], raw["size"], raw["durable"], raw["attrs"],
+                         raw.get("ino"), raw.get("mtime_ns"))  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
         valid = (
             isinstance(record.name, str)
             and isinstance(record.sha256, str)
             and isinstance(record.size, int)
             and isinstance(record.attrs, dict)
+            and isinstance(record.ino, int | None)
+            and isinstance(record.mtime_ns, int | None)
         )
         return record if valid else None
 
@@ -73,6 +90,33 @@ class StagedRecord:
 def journal_dir(staging: Path) -> Path:
     """The journal directory of a staging directory."""
     return staging.joinpath(*JOURNAL_DIR)
+
+
+def part_name(name: str, owner: str) -> str:
+    """The unfinished (``.part``) name of the staged file *name*, written by the stager *owner*."""
+    return f"{name}.{owner}{PART_SUFFIX}"
+
+
+def part_owner(part: str) -> str | None:
+    """The stager that writes the ``.part`` file *part*; None for one of another tool."""
+    stem = part.removesuffix(PART_SUFFIX)
+    owner = stem.rpartition(".")[2]
+    return owner if len(owner) == 32 and all(c in "0123456789abcdef" for c in owner) else None
+
+
+def owner_alive(staging: Path, owner: str) -> bool:
+    """Whether the stager *owner* still runs: it holds its journal's lock while it lives."""
+    try:
+        fd = os.open(journal_dir(staging) / f"{owner}{_SUFFIX}", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False  # its journal exists before its first .part does: it is gone (and pruned)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases our shared lock, if we got it
+    return False
 
 
 class JournalWriter:
@@ -83,6 +127,7 @@ class JournalWriter:
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._pid = 0
+        self._owner = ""
 
     def append(self, record: StagedRecord) -> None:
         """Append *record* in one ``write`` (``O_APPEND``: lines never interleave)."""
@@ -90,6 +135,16 @@ class JournalWriter:
         with self._lock:
             fd = self._open()
             os.write(fd, line)
+
+    def owner(self) -> str:
+        """This process's journal id, opening (and locking) the journal first if needed.
+
+        Each ``.part`` file carries it (:func:`part_name`), so ``recover`` can tell a live
+        writer's unfinished file from an abandoned one by this journal's lock.
+        """
+        with self._lock:
+            self._open()
+            return self._owner
 
     def _open(self) -> int:
         if self._fd is not None and self._pid == os.getpid():
@@ -102,7 +157,7 @@ class JournalWriter:
         # Lock before the name becomes visible to commit, so it never sees an unlocked live journal.
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(temp, self._dir / f"{base}{_SUFFIX}")
-        self._fd, self._pid = fd, os.getpid()
+        self._fd, self._pid, self._owner = fd, os.getpid(), base
         return fd
 
     def close(self) -> None:

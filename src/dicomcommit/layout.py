@@ -1,6 +1,10 @@
-"""Where dicomcommit keeps its own files inside an archive (all below ``.dicomcommit/``)."""
+"""Where dicomcommit keeps its own files: inside an archive (all below ``.dicomcommit/``),
+and the names of files in a staging directory."""
 
 from __future__ import annotations
+
+STAGED_SUFFIX = ".dcm"  # a staged file, complete
+PART_SUFFIX = ".part"  # an unfinished stage (staging directories only): commit never takes one
 
 STATE_DIR = ".dicomcommit"
 CONFLICTS_DIR = (STATE_DIR, "conflicts")  # staged files that lost their name: <sha256>.dcm

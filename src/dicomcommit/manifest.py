@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from dicomcommit._faults import point
-from dicomcommit.errors import ManifestError
+from dicomcommit.errors import ManifestDamaged, ManifestError
 from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
 from dicomcommit.naming import Attrs
 
@@ -74,6 +74,21 @@ _COLUMNS = "status, target, path, source, size, sha256, existing_sha256, attrs, 
 _ALL_COLUMNS = f"id, {_COLUMNS}, {', '.join(_RESOLUTION_COLUMNS)}"
 
 
+def failure(path: Path, exc: Exception, what: str) -> ManifestError:
+    """The error for an SQLite or OS failure on the manifest at *path*: a damaged file says
+    how to rebuild it (rerunning cannot help it); anything else, what failed."""
+    if isinstance(exc, sqlite3.DatabaseError) and any(
+        sign in str(exc) for sign in ("malformed", "not a database", "corrupt")
+    ):
+        archive = path.parent.parent
+        return ManifestDamaged(
+            f"the manifest {path} is damaged ({exc}); no command can use it, and rerunning will not help. "
+            f"Nothing in the archive was changed. Rebuild it from the archive (the damaged file is kept aside): "
+            f"dicomcommit recover {archive} [STAGING] --rebuild-manifest"
+        )
+    return ManifestError(f"{what} {path}: {exc}")
+
+
 def now() -> str:
     """The current time as the manifest stores it."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -103,6 +118,10 @@ class Record:
         """A JSON-friendly dict, ``id`` first."""
         data = asdict(self)
         return {"id": data.pop("id"), **data}
+
+    def key(self) -> tuple[str, str]:
+        """The rerun key: its source, and its hash (or, not hashed, its path)."""
+        return self.source, self.sha256 or self.path
 
 
 class Manifest:
@@ -141,7 +160,7 @@ class Manifest:
             self._db.execute("PRAGMA cache_size=-16384")
             self._upgrade(create)
         except (OSError, sqlite3.Error) as exc:
-            raise ManifestError(f"cannot open the manifest {self.path}: {exc}") from exc
+            raise failure(self.path, exc, "cannot open the manifest") from exc
 
     def _upgrade(self, create: bool) -> None:
         """Create the schema, or bring an older one up to date, in one transaction."""
@@ -171,8 +190,9 @@ class Manifest:
             raise ManifestError(f"{self.path} has schema {version}, newer than this dicomcommit's {SCHEMA_VERSION}")
         return version
 
-    def add(self, records: Iterable[Record]) -> None:
-        """Insert *records* in one transaction.
+    def add(self, records: Iterable[Record]) -> dict[tuple[str, str], Record]:
+        """Insert *records* in one transaction; return the stored rows (with their ids and
+        times) of those that need review (conflicts, invalid files), by :meth:`Record.key`.
 
         A row whose key (source and sha256, or source and path when not hashed) is there
         already is kept as is: a rerun records nothing twice. A duplicate found by hashing
@@ -182,15 +202,25 @@ class Manifest:
         stamp = now()  # one time per batch: the time it was recorded
         records = list(records)
         rows = [
-            (r.status, r.target, r.path, r.source, r.size, r.sha256, r.existing_sha256, _attrs_json(r.attrs), r.run,
-             r.time or stamp, r.detail)
+            (r.status, _db(r.target), _db(r.path), _db(r.source), r.size, r.sha256, r.existing_sha256,
+             _attrs_json(r.attrs), r.run, r.time or stamp, _db(r.detail))
             for r in records
         ]  # fmt: skip
-        hashed = [(r.sha256, r.source, r.path) for r in records if r.status == "duplicate" and r.sha256]
+        hashed = [(r.sha256, _db(r.source), _db(r.path)) for r in records if r.status == "duplicate" and r.sha256]
+        reviewed = [r.key() for r in records if r.status in ("conflict", "invalid")]
         with self.transaction():
             self._db.executemany("UPDATE files SET sha256=? WHERE source=? AND path=? AND sha256 IS NULL", hashed)
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
             point("commit:in-manifest")
+            # The few rows a person reviews are reported with their ids: read them back by key.
+            stored = {key: self._by_key(key) for key in reviewed}
+        return {key: record for key, record in stored.items() if record is not None}
+
+    def _by_key(self, key: tuple[str, str]) -> Record | None:
+        source, hashed = _db(key[0]), _db(key[1])
+        row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE source=? AND coalesce(sha256, path)=?",
+                               (source, hashed)).fetchone()  # fmt: skip
+        return None if row is None else _record(row)
 
     def update(self, record_id: int, **fields: str | None) -> None:
         """Change columns of the row *record_id* (status, path, detail, sha256, resolution...);
@@ -199,15 +229,23 @@ class Manifest:
         if not fields or not set(fields) <= allowed:
             raise ValueError(f"can update only {sorted(allowed)}, not {sorted(fields)}")
         assignments = ", ".join(f"{name}=?" for name in fields)
-        self._db.execute(f"UPDATE files SET {assignments} WHERE id=?", (*fields.values(), record_id))
+        values = (_db(value) if name in _TEXT_COLUMNS else value for name, value in fields.items())
+        self._db.execute(f"UPDATE files SET {assignments} WHERE id=?", (*values, record_id))
 
     def start_run(self, run: str, *, staging: str, template: str) -> None:
         """Record the start of a commit run."""
         with self.transaction():
             self._db.execute(
                 "INSERT INTO runs (id, started, staging, template, host, pid) VALUES (?,?,?,?,?,?)",
-                (run, now(), staging, template, os.uname().nodename, os.getpid()),
+                (run, now(), _db(staging), template, os.uname().nodename, os.getpid()),
             )
+
+    def run_templates(self) -> list[str]:
+        """The templates commit runs used, those of unfinished (killed) runs first, newest first."""
+        cursor = self._db.execute(
+            "SELECT template FROM runs GROUP BY template ORDER BY max(finished IS NULL) DESC, max(started) DESC"
+        )
+        return [template for (template,) in cursor]
 
     def finish_run(self, run: str, counts: dict[str, int]) -> None:
         """Record the end of a commit run and its counts."""
@@ -218,7 +256,8 @@ class Manifest:
         self, status: str | Sequence[str] | None = None, *, run: str | None = None, path: str | None = None
     ) -> list[Record]:
         """Rows in id order, filtered by status (one or several), run and path."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | bytes | None] = []
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -231,10 +270,13 @@ class Manifest:
         if path is not None:
             # "+path": keeps SQLite from rewriting substr(path, -24) into a form the index lacks
             where.append("substr(path, -24) = substr(?, -24) AND +path = ?")
-            args += [path, path]
+            args += [_db(path), _db(path)]
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        cursor = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files{clause} ORDER BY id", args)
-        return [_record(row) for row in cursor]
+        try:
+            cursor = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files{clause} ORDER BY id", args)
+            return [_record(row) for row in cursor]
+        except sqlite3.Error as exc:
+            raise failure(self.path, exc, "cannot read the manifest") from exc
 
     def get(self, record_id: int) -> Record:
         """The row *record_id*.
@@ -242,7 +284,10 @@ class Manifest:
         Raises:
             ManifestError: no such row.
         """
-        row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE id=?", (record_id,)).fetchone()
+        try:
+            row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE id=?", (record_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise failure(self.path, exc, "cannot read the manifest") from exc
         if row is None:
             raise ManifestError(f"no manifest row {record_id} in {self.path}")
         return _record(row)
@@ -278,16 +323,38 @@ class _Transaction:
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise ManifestError(f"cannot write the manifest {self._path}: {exc}") from exc
+            raise failure(self._path, exc, "cannot write the manifest") from exc
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
         except sqlite3.Error as error:
             if exc_type is None:
-                raise ManifestError(f"cannot write the manifest {self._path}: {error}") from error
+                raise failure(self._path, error, "cannot write the manifest") from error
         if isinstance(exc, sqlite3.Error):
-            raise ManifestError(f"cannot write the manifest {self._path}: {exc}") from exc
+            raise failure(self._path, exc, "cannot write the manifest") from exc
+
+
+# Columns that hold names, which can be any bytes a filesystem allows: a name that is not
+# UTF-8 (os.fsdecode gives it surrogates) is stored as a BLOB of its bytes, losslessly;
+# every other value stays TEXT, as any SQLite tool expects.
+_TEXT_COLUMNS = frozenset({"target", "path", "source", "detail"})
+
+
+def _db(text: str | None) -> str | bytes | None:
+    """*text* as the manifest stores it (see _TEXT_COLUMNS)."""
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def _py(value: str | bytes | None) -> Any:
+    """A stored name back as the str the filesystem calls take (inverse of :func:`_db`)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -303,15 +370,15 @@ def _record(row: tuple[Any, ...]) -> Record:
     (record_id, status, target, path, source, size, sha256, existing, attrs, run, time, detail, *resolved) = row
     return Record(
         status=status,
-        target=target,
-        path=path,
-        source=source,
+        target=_py(target),
+        path=_py(path),
+        source=_py(source),
         size=size,
         sha256=sha256,
         attrs=json.loads(attrs),
         run=run,
         time=time,
-        detail=detail,
+        detail=_py(detail),
         existing_sha256=existing,
         id=record_id,
         resolution=resolved[0],

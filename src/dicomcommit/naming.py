@@ -145,7 +145,30 @@ def _parse_component(raw: str, text: str) -> Iterable[tuple[str, _Field | None]]
             raise TemplateError(f"template {text!r}: conversions and nested fields are not allowed")
         if not name.isidentifier() or tag_for_keyword(name) is None:
             raise TemplateError(f"template {text!r}: {name!r} is not a DICOM keyword")
+        _check_spec(spec or "", name, text)
         yield literal, _Field(name, spec or "")
+
+
+# Python's format-spec mini-language: [[fill]align][sign][z][#][0][width][grouping][.precision][type]
+_SPEC = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d+)?[,_]?(?:\.(?P<precision>\d+))?(?P<type>[bcdeEfFgGnosxX%])?"
+)
+
+
+def _check_spec(spec: str, keyword: str, text: str) -> None:
+    """Refuse a format spec that could drop the value (a precision cuts text: ``{SOPInstanceUID:.0}``
+    names every file alike) or make a component longer than any filesystem takes."""
+    match = _SPEC.fullmatch(spec)
+    if match is None:
+        raise TemplateError(f"template {text!r}: {spec!r} is not a format spec")
+    width, precision, kind = match["width"], match["precision"], match["type"]
+    if precision is not None and (kind is None or kind not in "eEfFgG%"):
+        raise TemplateError(f"template {text!r}: the precision in {{{keyword}:{spec}}} would cut the value short")
+    for number in (width, precision):
+        if number is not None and int(number) > MAX_COMPONENT_BYTES:
+            raise TemplateError(
+                f"template {text!r}: {{{keyword}:{spec}}} asks for more than {MAX_COMPONENT_BYTES} characters"
+            )
 
 
 def _render_value(value: Value, spec: str) -> str:
@@ -210,7 +233,13 @@ def _shorten(text: str) -> str:
 
 
 def attrs_from_dataset(ds: Dataset, keywords: Iterable[str]) -> Attrs:
-    """Read the values of *keywords* from *ds* as JSON-friendly values (absent -> ``None``)."""
+    """Read the values of *keywords* from *ds* as JSON-friendly values (absent -> ``None``).
+
+    For a dataset pydicom read from a file. A file's naming attributes are defined by its
+    encoded bytes (:func:`dicomcommit.headers.attrs_from_bytes`): an in-memory dataset may
+    hold values its encoding changes (text its character set cannot encode, trailing NULs,
+    empty person-name groups).
+    """
     attrs: Attrs = {}
     for keyword, tag in _tags(tuple(keywords)):
         # By tag, not by keyword: pydicom's keyword lookup costs more than the value itself.
@@ -219,7 +248,7 @@ def attrs_from_dataset(ds: Dataset, keywords: Iterable[str]) -> Attrs:
         if elem is None:
             attrs[keyword] = None
         else:
-            attrs[keyword] = _to_value(elem.value if isinstance(elem, DataElement) else ds[tag].value)
+            attrs[keyword] = to_value(elem.value if isinstance(elem, DataElement) else ds[tag].value)
     return attrs
 
 
@@ -228,7 +257,13 @@ def _tags(keywords: tuple[str, ...]) -> tuple[tuple[str, int | None], ...]:
     return tuple((keyword, tag_for_keyword(keyword)) for keyword in keywords)
 
 
-def _to_value(raw: object) -> Value:
+def to_value(raw: object) -> Value:
+    """Turn a value as pydicom decodes it into a JSON-friendly :data:`Value`.
+
+    Empty items of a multi-value are dropped (``A\\`` is the single value ``A``), an
+    empty value is ``None``, and so are binary and sequence values, which name no file.
+    Never raises.
+    """
     if isinstance(raw, str):  # most values (UIDs, dates, codes, text): as _to_scalar does, sooner
         return str(raw) or None
     if isinstance(raw, MultiValue | list | tuple):

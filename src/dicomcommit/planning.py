@@ -7,17 +7,15 @@ before it links.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dicomcommit.headers import NotDicom, read_attrs, sha256_at
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR
 from dicomcommit.manifest import Record
 from dicomcommit.naming import Template
-
-if TYPE_CHECKING:
-    from dicomcommit.committing import CommitReport
+from dicomcommit.outcomes import CommitReport
 
 
 def plan(
@@ -28,15 +26,20 @@ def plan(
     report: CommitReport,
     *,
     leave_invalid: bool = False,
+    settle: float = 0,
+    source_prefix: str = "",
 ) -> None:
     """Fill *report* with the outcome each staged file would have.
 
-    With *leave_invalid* (ingest), files that are not DICOM would be left in place.
+    With *leave_invalid* (ingest), files that are not DICOM would be left in place; files
+    no stager wrote that changed less than *settle* seconds ago would be left for a later
+    run. Sources are recorded as *source_prefix* + name, as the real run records them.
     """
     journal = JournalIndex(staging)
     journal.refresh()
     try:
-        _plan(staging, archive, names, template, report=report, journal=journal, leave_invalid=leave_invalid)
+        _plan(staging, archive, names, template, report=report, journal=journal, leave_invalid=leave_invalid,
+              settle_ns=int(settle * 1e9), prefix=source_prefix)  # fmt: skip
     finally:
         journal.close()
 
@@ -50,6 +53,8 @@ def _plan(
     report: CommitReport,
     journal: JournalIndex,
     leave_invalid: bool,
+    settle_ns: int,
+    prefix: str,
 ) -> None:
     planned: dict[str, str] = {}  # target -> the staged file this run would commit there
     hashes: dict[str, str] = {}  # staged file -> sha256, known from its journal or read when needed
@@ -66,10 +71,14 @@ def _plan(
         except OSError:
             continue
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             record = journal.get(name)
-            if record is not None and record.serves(size, template.keywords):
-                hashes[name], attrs = record.sha256, record.attrs
+            if record is not None and record.describes(st) and record.covers(template.keywords):
+                attrs = record.attrs  # its hash is read when it matters, as commit does
+            elif (record is None or not record.describes(st)) and time.time_ns() - st.st_mtime_ns < settle_ns:
+                report.left_in_place.append((name, "modified less than the settle time ago; may still be written"))
+                continue
             else:
                 try:
                     attrs = read_attrs(fd, template.keywords)
@@ -77,7 +86,8 @@ def _plan(
                     if leave_invalid:
                         report.left_in_place.append((name, str(exc)))
                     else:
-                        report.count(Record("invalid", None, "", name, size, None, detail=str(exc), run=report.run))
+                        report.count(Record("invalid", None, "", prefix + name, size, None, detail=str(exc),
+                                            run=report.run))  # fmt: skip
                     continue
         finally:
             os.close(fd)
@@ -91,7 +101,8 @@ def _plan(
         else:
             status = "conflict"
             kept.add(sha256)
-        report.count(Record(status, target, target, name, size, hashes.get(name), attrs=attrs, run=report.run))
+        report.count(Record(status, target, target, prefix + name, size, hashes.get(name), attrs=attrs,
+                            run=report.run))  # fmt: skip
 
 
 def _kept_conflict(archive: Path, sha256: str) -> bool:

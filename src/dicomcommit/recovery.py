@@ -2,14 +2,18 @@
 
 After a crash anywhere, rerunning commit already converges. ``recover`` also:
 
-- finishes staged files that a killed commit had linked to their target (same inode);
+- finishes staged files that a killed commit had linked to their target (same inode), under
+  the template of the run that linked them (the ``runs`` table records each run's);
 - moves ``.part`` files aside, and records them, when they are older than a threshold and
-  no live process has them open; younger or open ones are reported and left alone;
+  their writer is gone (a stager's: its journal lock is free; another tool's: no process
+  has the file open); younger or live ones are reported and left alone;
 - removes dicomcommit's own leftover temp copies (``.dicomcommit/tmp/``);
 - adds manifest rows for archive files that have none (the filesystem is the truth);
 - reports, loudly and without "fixing" them, rows whose bytes are missing or differ;
 - with ``verify``, hashes every recorded file, and fills in the hash of rows that have
-  none (foreign files that commit named from their header alone).
+  none (foreign files that commit named from their header alone);
+- with ``rebuild_manifest``, sets a damaged manifest aside and rebuilds its rows from the
+  archive tree (see :mod:`dicomcommit.rebuilding`).
 
 The lock is never deleted: a lock held by a dead process is released by the kernel.
 """
@@ -25,13 +29,16 @@ from typing import Any
 
 from dicomcommit import _fs
 from dicomcommit.archive import archive_lock, new_run_id
-from dicomcommit.committing import CommitReport, commit_names
+from dicomcommit.committing import commit_names
 from dicomcommit.errors import UsageError
-from dicomcommit.headers import hash_at, hash_file, sha256_at
-from dicomcommit.layout import INVALID_DIR, STATE_DIR, TMP_DIR
+from dicomcommit.headers import NotDicom, hash_at, hash_file, read_attrs, sha256_at
+from dicomcommit.journal import JournalIndex, owner_alive, part_owner
+from dicomcommit.layout import INVALID_DIR, PART_SUFFIX, STATE_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record, now
-from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
-from dicomcommit.staging import PART_SUFFIX
+from dicomcommit.naming import DEFAULT_TEMPLATE, Template, parse_template
+from dicomcommit.outcomes import CommitReport
+from dicomcommit.rebuilding import rebuild
+from dicomcommit.scanning import scan_staging
 
 DEFAULT_PART_AGE = 3600.0
 
@@ -49,6 +56,7 @@ class RecoverReport:
     missing: list[str] = field(default_factory=list)  # rows whose bytes are gone
     mismatched: list[str] = field(default_factory=list)  # rows whose bytes differ in size or hash
     hashed: list[str] = field(default_factory=list)  # (verify) rows that had no hash, now filled in
+    set_aside: str | None = None  # (rebuild_manifest) where the damaged manifest was kept
 
     @property
     def needs_attention(self) -> bool:
@@ -69,8 +77,9 @@ def recover(
     check: bool = False,
     part_age: float = DEFAULT_PART_AGE,
     verify: bool = False,
-    template: str = DEFAULT_TEMPLATE,
+    template: str | None = None,
     lock_timeout: float | None = None,
+    rebuild_manifest: bool = False,
 ) -> RecoverReport:
     """Reconcile *archive_dir* (and *staging_dir*) after a crash; see the module docstring.
 
@@ -79,11 +88,15 @@ def recover(
         part_age: seconds after which a ``.part`` file no process has open is abandoned.
         verify: also hash every committed file against the manifest (reads the whole archive),
             and fill in the rows that have no hash yet.
-        template: the template the interrupted commits used (for finishing linked files).
+        template: the template to finish linked files with, overriding the one their run
+            recorded (default: each file's run's own, found by where its inode is).
+        rebuild_manifest: set the manifest aside and rebuild it from the archive (for a
+            damaged one); *template* then names conflicts (default: the default template).
 
     Raises:
         UsageError: a directory does not exist.
         LockTimeout: the archive lock was not acquired in *lock_timeout* seconds.
+        ManifestDamaged: the manifest is damaged (and *rebuild_manifest* was not given).
     """
     archive = Path(archive_dir)
     staging = None if staging_dir is None else Path(staging_dir)
@@ -93,9 +106,12 @@ def recover(
         raise UsageError(f"staging directory {staging} does not exist or is not a directory")
     report = RecoverReport(check=check)
     lock = archive_lock(archive, lock_timeout)
+    if rebuild_manifest and not check:
+        with lock:
+            report.set_aside = rebuild(archive, template or DEFAULT_TEMPLATE)
     with Manifest(archive, create=True) as manifest:
         if staging is not None:
-            _finish_linked(staging, archive, template, check, report)
+            _finish_linked(staging, archive, manifest, template, check=check, report=report)
         with lock:
             if staging is not None:
                 _abandoned_parts(staging, archive, manifest, part_age=part_age, check=check, report=report)
@@ -104,20 +120,60 @@ def recover(
     return report
 
 
-def _finish_linked(staging: Path, archive: Path, template: str, check: bool, report: RecoverReport) -> None:
+def _finish_linked(
+    staging: Path, archive: Path, manifest: Manifest, template: str | None, *, check: bool, report: RecoverReport
+) -> None:
     """Staged files with a second link: a commit was killed between link and unlink."""
     linked = []
-    with os.scandir(staging) as listing:
-        entries = list(listing)
-    for entry in entries:
-        staged = entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
+    for name in scan_staging(staging).files:
         with contextlib.suppress(FileNotFoundError):  # a running commit may take it meanwhile
-            if staged and not entry.name.endswith(PART_SUFFIX) and entry.stat(follow_symlinks=False).st_nlink > 1:
-                linked.append(entry.name)
-    report.finished = sorted(linked)
-    if linked and not check:
-        commit_names(staging, archive, report.finished, parse_template(template, allow_collisions=True),
-                     CommitReport(run=new_run_id()))  # fmt: skip
+            if os.stat(staging / name, follow_symlinks=False).st_nlink > 1:
+                linked.append(name)
+    report.finished = linked
+    if not linked or check:
+        return
+    if template is not None:
+        candidates = [parse_template(template, allow_collisions=True)]
+    else:
+        texts = dict.fromkeys([*manifest.run_templates(), DEFAULT_TEMPLATE])
+        candidates = [parse_template(text, allow_collisions=True) for text in texts]
+    groups: dict[Template, list[str]] = {}
+    journal = JournalIndex(staging)
+    journal.refresh()
+    try:
+        for name in linked:
+            groups.setdefault(_template_of(staging, archive, name, candidates, journal), []).append(name)
+    finally:
+        journal.close()
+    for parsed, names in groups.items():
+        commit_names(staging, archive, names, parsed, CommitReport(run=new_run_id()))
+
+
+def _template_of(
+    staging: Path, archive: Path, name: str, candidates: list[Template], journal: JournalIndex
+) -> Template:
+    """The candidate under which *name* is already at its target (the same inode): the
+    template of the run that linked it. The first candidate (the newest run that did not
+    finish) when none is, e.g. when the file was kept as a conflict."""
+    try:
+        st = os.stat(staging / name, follow_symlinks=False)
+        keywords = tuple(dict.fromkeys(k for t in candidates for k in t.keywords))
+        record = journal.get(name)
+        if record is not None and record.describes(st) and record.covers(keywords):
+            attrs = record.attrs
+        else:
+            fd = os.open(staging / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                attrs = read_attrs(fd, keywords)
+            finally:
+                os.close(fd)
+    except (OSError, NotDicom):
+        return candidates[0]  # commit itself says what is wrong with it
+    for candidate in candidates:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(st, os.stat(archive / candidate.render(attrs), follow_symlinks=False)):
+                return candidate
+    return candidates[0]
 
 
 def _abandoned_parts(
@@ -132,15 +188,24 @@ def _abandoned_parts(
         with os.scandir(staging) as listing:
             entries = sorted(listing, key=lambda e: e.name)
         for entry in entries:
-            if not entry.name.endswith(PART_SUFFIX) or not entry.is_file(follow_symlinks=False):
+            try:  # a live stager renames its .part files at any moment
+                if not entry.name.endswith(PART_SUFFIX) or not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
                 continue
-            st = entry.stat(follow_symlinks=False)
-            if st.st_mtime > cutoff or (st.st_dev, st.st_ino) in open_inodes:
+            owner = part_owner(entry.name)
+            # A stager's .part is live while its journal is locked (from before the file exists
+            # to the stager's exit: it may still rename a file it closed long ago); another
+            # tool's, while a process has it open.
+            live = owner_alive(staging, owner) if owner else (st.st_dev, st.st_ino) in open_inodes
+            if st.st_mtime > cutoff or live:
                 report.parts_left.append(entry.name)
                 continue
             report.parts_moved.append(entry.name)
             if not check:
-                records.append(_set_aside_part(staging_fd, entry.name, tree))
+                with contextlib.suppress(FileNotFoundError):
+                    records.append(_set_aside_part(staging_fd, entry.name, tree))
         tree.fsync_touched()
         manifest.add(records)
         for record in records:

@@ -19,10 +19,11 @@ import pydicom
 from pydicom.pixels.processing import apply_modality_lut
 
 from dicomcommit.manifest import Manifest, Record
-from dicomcommit.review import diff_files
+from dicomcommit.review import Loaded, diff_loaded, load, warnings_logged
 from dicomcommit.writing import write_file
 
 THUMBNAIL = 192  # pixels, the longer side
+_REASON_WIDTH = 200  # characters of a decoder's message: about what the placeholder box holds
 
 
 def write_report(archive_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> int:
@@ -42,13 +43,16 @@ def write_report(archive_dir: str | os.PathLike[str], output: str | os.PathLike[
         title=html.escape(f"dicomcommit: {len(conflicts)} open conflicts in {archive}"),
         body="\n".join(sections) or "<p>No open conflicts.</p>",
     )
-    write_file(output, page.encode(), overwrite=True)
+    # A name that is not UTF-8 (os.fsdecode gives it surrogates) is written as \udcXX, not a crash.
+    write_file(output, page.encode(errors="backslashreplace"), overwrite=True)
     return len(conflicts)
 
 
 def _section(archive: Path, row: Record) -> str:
-    existing, staged = archive / (row.target or ""), archive / row.path
-    diff = diff_files(existing, staged)
+    # Each file is read once, for the differences and its image: pydicom's warnings about
+    # it are logged once, and a 50 MB file is not read twice.
+    existing, staged = load(archive / (row.target or "")), load(archive / row.path)
+    diff = diff_loaded(existing, staged)
     rows = "".join(
         f"<tr><td>{html.escape(e.tag)}</td><td>{html.escape(e.keyword)}</td>"
         f"<td>{html.escape(e.existing)}</td><td>{html.escape(e.staged)}</td></tr>"
@@ -71,30 +75,49 @@ def _section(archive: Path, row: Record) -> str:
 </section>"""
 
 
-def _figure(label: str, path: Path, sha256: str | None) -> str:
-    image = thumbnail(path)
+def _figure(label: str, loaded: Loaded, sha256: str | None) -> str:
+    image = thumbnail(loaded)
     if isinstance(image, bytes):
         inner = f'<img alt="{html.escape(label)}" src="data:image/png;base64,{base64.b64encode(image).decode()}">'
     else:
         inner = f'<div class="placeholder">{html.escape(image)}</div>'
-    caption = f"{label}<br><code>{html.escape(str(path))}</code><br>sha256 {html.escape((sha256 or '?')[:16])}…"
+    path = html.escape(str(loaded.path))
+    caption = f"{label}<br><code>{path}</code><br>sha256 {html.escape((sha256 or '?')[:16])}…"
     return f"<figure>{inner}<figcaption>{caption}</figcaption></figure>"
 
 
-def thumbnail(path: Path) -> bytes | str:
-    """A PNG thumbnail of the image in *path*, or the reason there is none."""
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # pydicom raises many types on unreadable input
-        return f"cannot read the file: {exc}"
+def thumbnail(source: Path | Loaded) -> bytes | str:
+    """A PNG thumbnail of the image in *source* (a path, or a file :func:`load` read), or why there is none.
+
+    Never raises for what is in the file: a decoder that fails gives a one-line reason,
+    and pydicom's warnings are logged once, naming the file.
+    """
+    loaded = source if isinstance(source, Loaded) else load(source)
+    if loaded.dataset is None:
+        return f"cannot read the file: {loaded.error}"
+    ds = loaded.dataset
     if "PixelData" not in ds:
         return "no pixel data"
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # no decoder for this transfer syntax, corrupt data...
-        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        name = getattr(syntax, "name", str(syntax))
-        return f"cannot decode the pixel data ({name}): {str(exc)[:120]}"
+    with warnings_logged(loaded.path):
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # no decoder for this transfer syntax, corrupt data...
+            syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+            name = getattr(syntax, "name", str(syntax))
+            return f"cannot decode the pixel data ({name}): {_reason(exc)}"
+        try:
+            return _render(ds, pixels)
+        except Exception as exc:  # a shape or a lookup table the windowing does not expect
+            return f"cannot render the pixel data: {_reason(exc)}"
+
+
+def _reason(exc: Exception) -> str:
+    """An exception's message on one line, cut short (decoders list every plugin they tried)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= _REASON_WIDTH else f"{text[: _REASON_WIDTH - 1]}…"
+
+
+def _render(ds: pydicom.Dataset, pixels: np.ndarray) -> bytes:
     color = ds.get("SamplesPerPixel", 1) == 3
     if pixels.ndim == (4 if color else 3):
         pixels = pixels[len(pixels) // 2]  # the middle frame

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,8 @@ from dicomcommit.manifest import Manifest, Record
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 VALUE_WIDTH = 64
+
+log = logging.getLogger("dicomcommit")
 
 
 @dataclass(frozen=True)
@@ -89,14 +96,61 @@ def _info(archive: Path, rel: str) -> FileInfo:
     return FileInfo(str(path), found[1], found[0])
 
 
+@contextlib.contextmanager
+def warnings_logged(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Log each distinct warning raised inside the block once, naming *path*.
+
+    pydicom warns about the values it reads (``Invalid value for VR IS``) without saying
+    in which file, issues each warning twice (``warnings`` and its logger), and converts
+    values lazily: wrap everything that touches one file's dataset.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            # Its own copy of each: pydicom warns once per element, and may say the same twice.
+            warnings.simplefilter("always", UserWarning)
+            yield
+    finally:
+        for text in dict.fromkeys(str(w.message) for w in caught):
+            log.warning("%s: %s", path, text)
+
+
+@dataclass
+class Loaded:
+    """A DICOM file read whole with each element's value converted, or why it could not be."""
+
+    path: Path
+    dataset: Dataset | None = None
+    elements: dict[int, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def load(path: Path) -> Loaded:
+    """Read *path* and convert every element (File Meta included), logging pydicom's warnings once.
+
+    Never raises for a file that cannot be read: ``error`` says why.
+    """
+    with warnings_logged(path):
+        try:
+            ds = pydicom.dcmread(path)
+            # Values are converted on first access: an unknown VR raises here, not in dcmread.
+            return Loaded(path, ds, _elements(ds))
+        except Exception as exc:  # pydicom raises many types on unreadable input
+            return Loaded(path, error=str(exc) or type(exc).__name__)
+
+
 def diff_files(existing: Path, staged: Path) -> FileDiff:
     """Compare two DICOM files element by element (File Meta included), and their pixels."""
-    try:
-        a, b = pydicom.dcmread(existing), pydicom.dcmread(staged)
-    except Exception as exc:  # pydicom raises many types on unreadable input
-        return FileDiff(error=f"cannot read both files as DICOM: {exc}")
+    return diff_loaded(load(existing), load(staged))
+
+
+def diff_loaded(existing: Loaded, staged: Loaded) -> FileDiff:
+    """Compare two files read by :func:`load` (a file that could not be read gives ``error``)."""
+    for loaded in (existing, staged):
+        if loaded.error is not None:
+            return FileDiff(error=f"cannot read both files as DICOM: {loaded.error}")
     diff = FileDiff()
-    ea, eb = _elements(a), _elements(b)
+    ea, eb = existing.elements, staged.elements
     for tag in sorted(set(ea) | set(eb)):
         if tag == PIXEL_DATA:
             continue
@@ -104,9 +158,8 @@ def diff_files(existing: Path, staged: Path) -> FileDiff:
         if va != vb:
             keyword = pydicom.datadict.keyword_for_tag(tag) or "(private or unknown)"
             diff.elements.append(ElementDiff(str(Tag(tag)), keyword, _short(va), _short(vb)))
-    pa, pb = a.get(PIXEL_DATA), b.get(PIXEL_DATA)
-    if pa is not None or pb is not None:
-        diff.pixels_differ = pa is None or pb is None or pa.value != pb.value
+    if PIXEL_DATA in ea or PIXEL_DATA in eb:
+        diff.pixels_differ = PIXEL_DATA not in ea or PIXEL_DATA not in eb or ea[PIXEL_DATA] != eb[PIXEL_DATA]
     return diff
 
 

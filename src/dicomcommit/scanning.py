@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicomcommit.staging import PART_SUFFIX
+from dicomcommit.layout import PART_SUFFIX
 
 
 @dataclass
@@ -19,16 +18,21 @@ class Scan:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def scan_staging(staging: Path, *, include_hidden: bool = False) -> Scan:
+def scan_staging(staging: Path, *, include_hidden: bool = False, skip_parts: bool = True) -> Scan:
     """List the staged files below *staging*, recursively, oldest first.
 
     Hidden entries (names starting with ``.``, such as the journal directory) are ignored,
     unless *include_hidden* (for ingest, where a hidden folder may hold DICOM files).
-    ``.part`` files (unfinished stages), symlinks (never followed) and special files are
-    listed as skipped and left where they are.
+    Symlinks (never followed) and special files are listed as skipped and left where they
+    are; so are ``.part`` files (unfinished stages), unless not *skip_parts* (for ingest:
+    in a tree no stager writes to, ``x.part`` is a file like any other). A folder below
+    *staging* that cannot be read is listed as skipped (``"name/"``), and the walk goes on.
+
+    Raises:
+        OSError: *staging* itself cannot be read.
     """
     scan = Scan()
-    _walk(staging, "", scan, include_hidden)
+    _Walk(scan, include_hidden, skip_parts).walk(staging, "")
     # Oldest first, so the file staged first wins its name; ties by name, deterministically.
     scan._timed.sort()
     scan.files = [rel for _, rel in scan._timed]
@@ -36,29 +40,51 @@ def scan_staging(staging: Path, *, include_hidden: bool = False) -> Scan:
     return scan
 
 
-def _walk(directory: Path, prefix: str, scan: Scan, include_hidden: bool) -> None:
-    try:
-        listing = os.scandir(directory)
-    except FileNotFoundError:
-        return  # a folder removed while we walk (by its tool, or an ingest --move)
-    with listing:  # one DirEntry at a time: a list of 100,000 would cost 150 MB
-        for entry in listing:
-            # Another committer may take any file between the listing and a look at it.
-            with contextlib.suppress(FileNotFoundError):
-                _look_at(entry, prefix, scan, include_hidden)
+@dataclass
+class _Walk:
+    scan: Scan
+    include_hidden: bool
+    skip_parts: bool
 
+    def walk(self, directory: Path, prefix: str) -> None:
+        try:
+            listing = os.scandir(directory)
+        except FileNotFoundError:
+            return  # a folder removed while we walk (by its tool, or an ingest --move)
+        except OSError as exc:
+            if not prefix:
+                raise  # the tree itself: nothing to do is not what the caller should hear
+            # One folder we may not read (permissions, a broken mount) must not stop the others.
+            self.scan.skipped.append((prefix, f"cannot be read ({exc.strerror})"))
+            return
+        with listing:  # one DirEntry at a time: a list of 100,000 would cost 150 MB
+            try:
+                for entry in listing:
+                    self._entry(entry, prefix)
+            except OSError as exc:  # the listing broke off midway (an I/O error, a stale NFS handle)
+                if not prefix:
+                    raise
+                self.scan.skipped.append((prefix, f"cannot be read to the end ({exc.strerror})"))
 
-def _look_at(entry: os.DirEntry[str], prefix: str, scan: Scan, include_hidden: bool) -> None:
-    if entry.name.startswith(".") and not include_hidden:
-        return
-    rel = prefix + entry.name
-    if entry.is_symlink():
-        scan.skipped.append((rel, "symlink, not followed"))
-    elif entry.is_dir(follow_symlinks=False):
-        _walk(Path(entry.path), rel + "/", scan, include_hidden)
-    elif not entry.is_file(follow_symlinks=False):
-        scan.skipped.append((rel, "not a regular file"))
-    elif entry.name.endswith(PART_SUFFIX):
-        scan.skipped.append((rel, "unfinished stage (.part)"))
-    else:
-        scan._timed.append((entry.stat(follow_symlinks=False).st_mtime_ns, rel))
+    def _entry(self, entry: os.DirEntry[str], prefix: str) -> None:
+        try:
+            self._look_at(entry, prefix)
+        except FileNotFoundError:
+            pass  # another committer may take any file between the listing and a look at it
+        except OSError as exc:  # its type or age cannot be read (in a folder we may list, not search)
+            self.scan.skipped.append((prefix + entry.name, f"cannot be read ({exc.strerror})"))
+
+    def _look_at(self, entry: os.DirEntry[str], prefix: str) -> None:
+        if entry.name.startswith(".") and not self.include_hidden:
+            return
+        rel = prefix + entry.name
+        if entry.is_symlink():
+            self.scan.skipped.append((rel, "symlink, not followed"))
+        elif entry.is_dir(follow_symlinks=False):
+            self.walk(Path(entry.path), rel + "/")
+        elif not entry.is_file(follow_symlinks=False):
+            self.scan.skipped.append((rel, "not a regular file"))
+        elif self.skip_parts and entry.name.endswith(PART_SUFFIX):
+            self.scan.skipped.append((rel, "unfinished stage (.part)"))
+        else:
+            self.scan._timed.append((entry.stat(follow_symlinks=False).st_mtime_ns, rel))

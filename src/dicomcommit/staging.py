@@ -19,13 +19,13 @@ from pydicom.dataset import Dataset
 
 from dicomcommit import _fs
 from dicomcommit._faults import point
-from dicomcommit.errors import StageError, UsageError
-from dicomcommit.journal import JournalWriter, StagedRecord
-from dicomcommit.naming import COMMON_KEYWORDS, Attrs, attrs_from_dataset
+from dicomcommit.errors import EncodeError, StageError, UsageError
+from dicomcommit.headers import NotDicom, attrs_from_bytes
+from dicomcommit.journal import JournalWriter, StagedRecord, part_name
+from dicomcommit.layout import STAGED_SUFFIX
+from dicomcommit.naming import COMMON_KEYWORDS, Attrs
 from dicomcommit.writing import encode
 
-STAGED_SUFFIX = ".dcm"
-PART_SUFFIX = ".part"
 _MAX_PENDING = 16
 _SETTLE_EVERY = 64  # stage_many: files made durable by one flush
 _HASH_ASIDE = 256 * 1024  # stage: files at least this big are hashed in a helper thread while written
@@ -171,10 +171,10 @@ class Stager:
         """Make the written .part files durable (one flush for all), then give them their names."""
         if written and self.durable:
             try:
-                _fs.flush_files(dir_fd, [record.name + PART_SUFFIX for record in written])
+                _fs.flush_files(dir_fd, [self._part(record.name) for record in written])
             except OSError as exc:
                 for record in written:
-                    _fs.unlink_quietly(dir_fd, record.name + PART_SUFFIX)
+                    _fs.unlink_quietly(dir_fd, self._part(record.name))
                 written.clear()
                 raise StageError(f"could not stage ({exc.strerror})", self.staging_dir, exc) from exc
         while written:
@@ -185,7 +185,12 @@ class Stager:
         # Nanoseconds first: sorting names sorts by staging time (mtimes tie within a clock
         # tick), so the file staged first wins its final name. The UUID makes it unique.
         name = f"{time.time_ns():016x}-{uuid.uuid4().hex}{STAGED_SUFFIX}"
-        return _Prepared(name, data, attrs_from_dataset(ds, self.keywords))
+        # From the bytes, not from *ds*: commit names a file without its journal line the same way.
+        try:
+            attrs = attrs_from_bytes(data, self.keywords, name=name)
+        except NotDicom as exc:  # commit would set the file aside as invalid: refuse it now
+            raise EncodeError(f"pydicom cannot read back what it encoded: {exc}") from exc
+        return _Prepared(name, data, attrs)
 
     def _write(self, dir_fd: int, prepared: _Prepared) -> None:
         self._publish(dir_fd, self._write_part(dir_fd, prepared, fsync=self.durable, hash_aside=True))
@@ -197,16 +202,26 @@ class Stager:
         stage_many this runs in the writer thread, beside the encoding of the next dataset;
         with *hash_aside*, a big file is hashed in a helper thread while it is written.
         """
-        part = prepared.name + PART_SUFFIX
+        part = self._part(prepared.name)
         aside = hash_aside and len(prepared.data) >= _HASH_ASIDE
         digest = self._helper().submit(_sha256, prepared.data) if aside else None
         try:
-            _fs.write_exclusive(dir_fd, part, prepared.data, durable=fsync)
+            st = _fs.write_exclusive(dir_fd, part, prepared.data, durable=fsync, stamp=True)
         except OSError as exc:
             raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / part, exc) from exc
         sha256 = _sha256(prepared.data) if digest is None else digest.result()
         point("stage:after-write")
-        return StagedRecord(prepared.name, sha256, len(prepared.data), self.durable, prepared.attrs)
+        return StagedRecord(prepared.name, sha256, len(prepared.data), self.durable, prepared.attrs,
+                            ino=st.st_ino, mtime_ns=st.st_mtime_ns)  # fmt: skip
+
+    def _part(self, name: str) -> str:
+        """The ``.part`` name of *name*: it names this process's journal, whose lock tells
+        ``recover`` that the writer still lives (the journal is opened before the first one)."""
+        try:
+            owner = self._journal.owner()
+        except OSError as exc:
+            raise StageError(f"cannot open the staging journal ({exc.strerror})", self.staging_dir, exc) from exc
+        return part_name(name, owner)
 
     def _helper(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -218,7 +233,7 @@ class Stager:
 
     def _publish(self, dir_fd: int, record: StagedRecord) -> None:
         """Journal the record, then rename the complete ``.part`` file to its staged name."""
-        part = record.name + PART_SUFFIX
+        part = self._part(record.name)
         try:
             # The record goes first: a staged file then always has one, unless the line is lost.
             self._journal.append(record)
