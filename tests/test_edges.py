@@ -359,3 +359,104 @@ def test_recover_never_takes_a_part_file_a_live_stager_will_still_publish(dirs: 
     assert moved == 0
     assert seen_parts > 0  # the race was real: recover saw live .part files and left them
     assert commit(staging, archive).committed == 400
+
+
+# --- found by the random-kill torture -------------------------------------------------------------
+
+
+def _killed(code: str, point: str, *args: str) -> None:
+    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": point}
+    result = subprocess.run([sys.executable, "-c", code, *args], env=env, check=False, capture_output=True)
+    assert result.returncode == -9, result.stderr.decode()[-2000:]
+
+
+def _one_committed_row_per_file(archive: Path) -> None:
+    with Manifest(archive) as manifest:
+        committed = [r.path for r in manifest.records("committed")]
+    assert sorted(committed) == sorted(archive_files(archive))  # each file exactly once
+
+
+def test_a_killed_ingest_move_then_recover_then_rerun_records_each_file_once(tmp_path: Path, make_ds: MakeDs) -> None:
+    source, archive = tmp_path / "source", tmp_path / "archive"
+    source.mkdir()
+    for i in range(4):
+        write_foreign(source / f"{i}.dcm", make_ds(i))
+    code = "import sys; from dicomcommit import ingest; ingest(sys.argv[1], sys.argv[2], move=True)"
+    _killed(code, "commit:after-link:2", str(source), str(archive))
+    recover(archive, part_age=0)  # records the linked files it finds in the archive
+    ingest(source, archive, move=True)
+    assert list(source.iterdir()) == []
+    _one_committed_row_per_file(archive)
+    assert not recover(archive, check=True).needs_attention
+
+
+def test_a_rerun_after_the_manifest_but_before_the_unlink_records_nothing_twice(
+    dirs: tuple[Path, Path], make_ds: MakeDs
+) -> None:
+    """Even when the staged file's journal line no longer describes it (its mtime touched)."""
+    staging, archive = dirs
+    stager = Stager(staging)
+    for i in range(3):
+        stager.stage(make_ds(i))
+    code = "import sys; from dicomcommit import commit; commit(sys.argv[1], sys.argv[2])"
+    _killed(code, "commit:after-manifest:1", str(staging), str(archive))
+    for path in staged_files(staging):
+        settled(path)  # touched: the journal's identity no longer matches
+    commit(staging, archive, settle=0)
+    assert staged_files(staging) == []
+    with Manifest(archive) as manifest:
+        sources = [r.source for r in manifest.records()]
+    assert len(sources) == len(set(sources)) == 3
+    _one_committed_row_per_file(archive)
+
+
+def _two_conflicts(staging: Path, archive: Path, make_ds: MakeDs) -> None:
+    """One conflict, staged twice: the second copy is a duplicate of the kept conflict."""
+    stager = Stager(staging)
+    stager.stage(make_ds(1))
+    commit(staging, archive)
+    stager.stage(make_ds(1, variant=1))
+    stager.stage(make_ds(1, variant=1))
+    stager.stage(make_ds(2))
+    commit(staging, archive)
+    stager.stage(make_ds(2, variant=1))
+    commit(staging, archive)
+
+
+@pytest.mark.parametrize("keep", ["existing", "staged", "both"])
+def test_duplicates_of_a_conflict_follow_its_bytes_when_it_is_resolved(
+    dirs: tuple[Path, Path], make_ds: MakeDs, keep: str
+) -> None:
+    staging, archive = dirs
+    _two_conflicts(staging, archive, make_ds)
+    assert main(["resolve", str(archive), "--all", "--keep", keep]) == 0
+    with Manifest(archive) as manifest:
+        duplicates = manifest.records("duplicate")
+    assert duplicates
+    for row in duplicates:
+        assert sha256_of(archive / row.path) == row.sha256
+    assert not recover(archive, check=True).needs_attention
+
+
+@pytest.mark.parametrize("keep", ["existing", "both"])
+def test_rerunning_an_interrupted_resolve_all_finishes_it(dirs: tuple[Path, Path], make_ds: MakeDs, keep: str) -> None:
+    staging, archive = dirs
+    _two_conflicts(staging, archive, make_ds)
+    code = f"import sys; from dicomcommit import resolve_many; resolve_many(sys.argv[1], {keep!r})"
+    _killed(code, "resolve:after-manifest:1", str(archive))
+    assert main(["resolve", str(archive), "--all", "--keep", keep]) == 0
+    assert list((archive / ".dicomcommit" / "conflicts").iterdir()) == []
+    assert not recover(archive, check=True).needs_attention
+
+
+def test_recover_finishes_a_keep_staged_killed_after_its_rename(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+    staging, archive = dirs
+    _two_conflicts(staging, archive, make_ds)
+    code = "import sys; from dicomcommit import resolve_many; resolve_many(sys.argv[1], 'staged')"
+    _killed(code, "resolve:after-rename:1", str(archive))
+    report = recover(archive)
+    assert report.resolves_finished
+    assert (report.missing, report.mismatched) == ([], [])
+    assert not recover(archive, check=True).needs_attention
+    with Manifest(archive) as manifest:
+        assert manifest.records("committed", path=_target(make_ds(1)))[0].resolution == "staged"

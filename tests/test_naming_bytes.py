@@ -50,8 +50,10 @@ def _dicm_files(paths: list[str]) -> list[Path]:
     return sorted(found)
 
 
-WHEEL_FILES = _dicm_files(get_testdata_files())  # files in the wheel only: never downloads
-CHARSET_FILES = _dicm_files(get_charset_files("*.dcm"))
+# The default pattern only: a pattern such as "*.dcm" also matches pydicom's index of files to
+# download, and get_testdata_files() then fetches them. These are the files in the wheel.
+WHEEL_FILES = _dicm_files(get_testdata_files())
+CHARSET_FILES = _dicm_files(get_charset_files())
 
 
 @contextmanager

@@ -386,6 +386,13 @@ class _Committer:
     ) -> Record:
         notes = [detail] if detail else []
         if placed is _fs.Placed.SAME_INODE:
+            # An interrupted earlier run linked it; its row may be in already (killed before
+            # the unlink), or recover may have recorded the file from the archive tree.
+            recorded = self._committed_row(path)
+            if recorded is not None and recorded.source == self.prefix + staged.name:
+                return recorded  # this very file: inserting it again changes nothing
+            if recorded is not None:
+                return self._record(staged, "duplicate", target, path, detail="already committed and recorded")
             notes.append("linked by an interrupted earlier run")
         elif staged.nlink > 1 and self.mode != "copy":
             notes.append(f"copied, not linked: the file has {staged.nlink - 1} other hard link(s)")
@@ -395,7 +402,7 @@ class _Committer:
     def _identical(self, staged: _Staged, target: str, path: str, *, detail: str) -> Record:
         """The same bytes are at *path* already: a duplicate of their row, or, when they have
         none (a copy an interrupted run placed but did not record), they are recorded now."""
-        if path in self.placed or self.manifest.records("committed", path=path):
+        if path in self.placed or self._committed_row(path) is not None:
             return self._record(staged, "duplicate", target, path, detail=detail)
         self.placed.add(path)
         return self._record(staged, "committed", target, path,
@@ -432,6 +439,11 @@ class _Committer:
         fname = self._sha256(staged)
         self._link(staged, INVALID_DIR, fname)  # named by hash: an identical copy is already kept
         return self._record(staged, "invalid", None, "/".join((*INVALID_DIR, fname)), detail=reason)
+
+    def _committed_row(self, path: str) -> Record | None:
+        """The manifest's committed row for the archive file *path*, if it has one."""
+        rows = self.manifest.records("committed", path=path)
+        return rows[0] if rows else None
 
     def _open_conflict(self, path: str) -> bool:
         """Whether a conflict row (in this batch or the manifest) keeps the bytes at *path*."""

@@ -253,9 +253,15 @@ class Manifest:
             self._db.execute("UPDATE runs SET finished=?, counts=? WHERE id=?", (now(), json.dumps(counts), run))
 
     def records(
-        self, status: str | Sequence[str] | None = None, *, run: str | None = None, path: str | None = None
+        self,
+        status: str | Sequence[str] | None = None,
+        *,
+        run: str | None = None,
+        path: str | None = None,
+        resolved: bool = False,
     ) -> list[Record]:
-        """Rows in id order, filtered by status (one or several), run and path."""
+        """Rows in id order, filtered by status (one or several), run and path; with
+        *resolved*, only rows a person decided on (``resolution`` set)."""
         where: list[str] = []
         args: list[str | bytes | None] = []
         if status is not None:
@@ -271,6 +277,8 @@ class Manifest:
             # "+path": keeps SQLite from rewriting substr(path, -24) into a form the index lacks
             where.append("substr(path, -24) = substr(?, -24) AND +path = ?")
             args += [_db(path), _db(path)]
+        if resolved:
+            where.append("resolution IS NOT NULL")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         try:
             cursor = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files{clause} ORDER BY id", args)

@@ -8,7 +8,7 @@ layout raises :class:`Unsupported`, and the caller asks pydicom.
 
 Values are decoded by pydicom's own conversion (:func:`pydicom.dataelem.convert_raw_data_element`),
 except where a shortcut is provably identical: text in the default, Latin-1 or UTF-8
-character sets that decodes without error and holds no control character, for the VRs
+character sets that decodes without error and is printable (str.isprintable), for the VRs
 whose conversion is plain string handling, mirrored here step by step (checked by
 hypothesis in the tests against pydicom itself). Everything else (bytes invalid in the
 character set, NULs or control characters inside a value, ``=`` in a person name, odd
@@ -62,8 +62,6 @@ _TEXT_ENCODINGS = {b"": "latin-1", b"ISO_IR 6": "latin-1", b"ISO_IR 100": "latin
 _DEFAULT_ENCODING = "latin-1"  # pydicom's default_encoding, "iso8859", for the VRs that ignore the character set
 # The VRs pydicom decodes with the Specific Character Set; the others always use the default.
 _CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
-# NULs, ESC (which starts a code extension) and the other C0 controls: pydicom's to decode and strip.
-_CONTROL = re.compile(b"[\x00-\x1f]")
 _NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})  # pydicom keeps the bytes: no name
 # An IS that int() reads as pydicom does (pydicom falls back to float for anything else);
@@ -375,13 +373,15 @@ def _quick(vr: str, value: bytes, text_encoding: str | None) -> Value | _Pending
     stripped = value.rstrip(b"\0 ")
     if not stripped:
         return None  # padding only: pydicom's empty string (or IS's, DS's) for each of these VRs
-    if encoding is None or _CONTROL.search(stripped):
+    if encoding is None:
         return _PENDING
     try:
         text = stripped.decode(encoding)  # pydicom decodes the whole value: padding decodes alike
     except UnicodeDecodeError:
         return _PENDING  # pydicom decodes it with replacement characters, and warns
-    return rule(text)
+    # NULs, ESC (which starts a code extension), other controls, and white space other than
+    # the space (which str.strip() would take): pydicom's to decode and strip.
+    return rule(text) if text.isprintable() else _PENDING
 
 
 def _not_text(vr: str, value: bytes) -> Value | _Pending:
@@ -409,9 +409,10 @@ def _one_or_list(values: list[Scalar]) -> Value:
     return kept[0] if len(kept) == 1 else kept
 
 
-# Each rule gets the value's text: decoded as pydicom does, without trailing spaces, control
-# characters or NULs, not empty. The single-value case (no backslash) comes first: it is
-# nearly every value. Backslashes are one byte in every codec here, never part of another.
+# Each rule gets the value's text: decoded as pydicom does, without trailing spaces, printable
+# (no NUL, control character or white space but the space), not empty. The single-value case
+# (no backslash) comes first: it is nearly every value. Backslashes are one byte in every
+# codec here, never part of another character.
 
 
 def _codes(text: str) -> Value | _Pending:

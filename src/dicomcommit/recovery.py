@@ -38,6 +38,7 @@ from dicomcommit.manifest import Manifest, Record, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, parse_template
 from dicomcommit.outcomes import CommitReport
 from dicomcommit.rebuilding import rebuild
+from dicomcommit.resolving import resolve
 from dicomcommit.scanning import scan_staging
 
 DEFAULT_PART_AGE = 3600.0
@@ -56,6 +57,7 @@ class RecoverReport:
     missing: list[str] = field(default_factory=list)  # rows whose bytes are gone
     mismatched: list[str] = field(default_factory=list)  # rows whose bytes differ in size or hash
     hashed: list[str] = field(default_factory=list)  # (verify) rows that had no hash, now filled in
+    resolves_finished: list[str] = field(default_factory=list)  # resolve --keep staged killed mid-way
     set_aside: str | None = None  # (rebuild_manifest) where the damaged manifest was kept
 
     @property
@@ -63,7 +65,8 @@ class RecoverReport:
         """Check mode: anything to repair or report. Repair mode: anything it could not repair."""
         if self.missing or self.mismatched:
             return True
-        return self.check and bool(self.finished or self.parts_moved or self.tmp_removed or self.rows_added)
+        repairs = self.finished or self.parts_moved or self.tmp_removed or self.rows_added or self.resolves_finished
+        return self.check and bool(repairs)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form."""
@@ -110,6 +113,7 @@ def recover(
         with lock:
             report.set_aside = rebuild(archive, template or DEFAULT_TEMPLATE)
     with Manifest(archive, create=True) as manifest:
+        _finish_resolves(archive, manifest, check=check, report=report, lock_timeout=lock_timeout)
         if staging is not None:
             _finish_linked(staging, archive, manifest, template, check=check, report=report)
         with lock:
@@ -118,6 +122,21 @@ def recover(
             _temp_copies(archive, check, report)
             _reconcile(archive, manifest, verify, check, report)
     return report
+
+
+def _finish_resolves(
+    archive: Path, manifest: Manifest, *, check: bool, report: RecoverReport, lock_timeout: float | None
+) -> None:
+    """Open conflicts whose bytes are already at their target and whose conflict copy is
+    gone: a ``resolve --keep staged`` killed between its rename and its manifest update.
+    Finishing it records what the filesystem already says."""
+    for row in manifest.records("conflict"):
+        if row.target is None or row.sha256 is None or (archive / row.path).exists():
+            continue
+        if sha256_at(archive / row.target) == row.sha256:
+            report.resolves_finished.append(f"#{row.id} {row.target}")
+            if not check:
+                resolve(archive, row.id or 0, "staged", lock_timeout=lock_timeout)
 
 
 def _finish_linked(
@@ -265,7 +284,9 @@ def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, rep
     hashes: dict[int, str] = {}
     for record in manifest.records():
         if record.status == "duplicate":
-            continue  # its bytes are another row's
+            if not os.path.lexists(archive / record.path):  # its bytes are another row's: they must be there
+                report.missing.append(f"#{record.id} duplicate of {record.path}")
+            continue
         by_path.setdefault(record.path, record)
         sha256 = _check_bytes(archive, record, verify, report)
         if sha256 is not None and record.sha256 is None:

@@ -74,8 +74,13 @@ def resolve_many(
                 if row.status != "conflict" and row.resolution is None:
                     raise UsageError(f"#{row.id} is {row.status}, not a conflict: nothing to resolve")
         else:
+            # Open conflicts, and decisions an interrupted run recorded but did not finish
+            # (their conflict copy is still there): rerunning the same command finishes them.
             rows = [r for r in manifest.records("conflict", run=run)
                     if target is None or fnmatch.fnmatchcase(r.target or "", target)]  # fmt: skip
+            rows += [r for r in manifest.records(("resolved", "committed"), run=run, resolved=True)
+                     if r.resolution == keep and r.sha256 is not None and (archive / _conflict_copy(r)).is_file()
+                     and (target is None or fnmatch.fnmatchcase(r.target or "", target))]  # fmt: skip
         tree = _fs.DirTree(archive)
         try:
             for row in rows:
@@ -106,6 +111,7 @@ def _keep_existing(archive: Path, row: Record, tree: _fs.DirTree, manifest: Mani
         with manifest.transaction():
             manifest.update(row.id or 0, status="resolved", path=rejected, detail="kept the committed file; "
                             "this copy rejected", **_stamp("existing", who))  # fmt: skip
+            _repoint_duplicates(manifest, row, rejected)
         point("resolve:after-manifest")
     _drop_conflict_copy(archive, row, manifest)
 
@@ -124,6 +130,7 @@ def _keep_both(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest
         with manifest.transaction():
             manifest.update(row.id or 0, status="committed", path=derived_rel,
                             detail=f"conflict with {row.target}; both kept", **_stamp("both", who))  # fmt: skip
+            _repoint_duplicates(manifest, row, derived_rel)
         point("resolve:after-manifest")
     _drop_conflict_copy(archive, row, manifest)
 
@@ -159,6 +166,7 @@ def _keep_staged(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manife
         manifest.update(row.id or 0, status="committed", path=row.target,
                         detail=f"conflict resolved: replaced the file committed before (kept at {replaced})",
                         **_stamp("staged", who))  # fmt: skip
+        _repoint_duplicates(manifest, row, row.target)
     point("resolve:after-manifest")
 
 
@@ -196,6 +204,12 @@ def _hash_of(row: Record) -> str:
     if row.sha256 is None:
         raise UsageError(f"#{row.id} has no hash, so it was never a conflict: nothing to resolve")
     return row.sha256
+
+
+def _repoint_duplicates(manifest: Manifest, row: Record, path: str) -> None:
+    """Rows recorded as duplicates of this conflict's copy follow its bytes to *path*."""
+    for duplicate in manifest.records("duplicate", path=_conflict_copy(row)):
+        manifest.update(duplicate.id or 0, path=path)
 
 
 def _shared(manifest: Manifest, row: Record) -> bool:
