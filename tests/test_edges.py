@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import random
+import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +21,16 @@ from dicomcommit.cli import main
 from dicomcommit.demo import synthetic_dataset
 from dicomcommit.journal import journal_dir
 from dicomcommit.naming import parse_template
-from tests.conftest import archive_files, settled, sha256_of, staged_files, write_foreign
+from tests.conftest import (
+    archive_files,
+    copy_in,
+    settled,
+    sha256_of,
+    staged_files,
+    wheel_file,
+    write_foreign,
+    write_settled,
+)
 
 MakeDs = Callable[..., Dataset]
 
@@ -460,3 +472,72 @@ def test_recover_finishes_a_keep_staged_killed_after_its_rename(dirs: tuple[Path
     assert not recover(archive, check=True).needs_attention
     with Manifest(archive) as manifest:
         assert manifest.records("committed", path=_target(make_ds(1)))[0].resolution == "staged"
+
+
+# --- 2 and 6. incomplete files and junk behind a preamble are never final files -------------------
+
+
+def _file_meta_only() -> bytes:
+    data = wheel_file("CT_small.dcm").read_bytes()
+    (length,) = struct.unpack_from("<I", data, 140)  # (0002,0000) group length, UL
+    return data[: 144 + length]
+
+
+def _junk() -> dict[str, bytes]:
+    preamble = b"\0" * 128 + b"DICM"
+    return {
+        "random.dcm": preamble + random.Random(1).randbytes(4000),
+        "zeros.dcm": preamble + b"\0" * 4000,
+        "text.dcm": preamble + b"hello, this is not a data set at all\n" * 100,
+        "meta-only.dcm": _file_meta_only(),
+        "meta-then-random.dcm": _file_meta_only() + random.Random(2).randbytes(3000),
+    }
+
+
+def test_truncated_foreign_files_are_invalid_with_the_byte_they_end_at(dirs: tuple[Path, Path]) -> None:
+    staging, archive = dirs
+    ct = wheel_file("CT_small.dcm").read_bytes()
+    write_settled(staging / "third.dcm", ct[: len(ct) // 3])
+    write_settled(staging / "almost.dcm", ct[:-1])
+    copy_in("MR_truncated.dcm", staging)  # pydicom's own file, cut in its pixel data
+    report = commit(staging, archive)
+    assert (report.committed, report.invalid) == (0, 3)
+    with Manifest(archive) as manifest:
+        rows = {r.source: r for r in manifest.records()}
+    assert rows["almost.dcm"].detail == f"truncated at byte {len(ct) - 1} of {len(ct)}"
+    assert rows["third.dcm"].detail.startswith(f"truncated at byte {len(ct) // 3} of ")
+    assert rows["MR_truncated.dcm"].detail == "truncated at byte 9630 of 9692"
+    assert archive_files(archive) == {}  # nothing at a final name
+    assert not recover(archive, verify=True).needs_attention
+
+
+def test_junk_behind_a_valid_preamble_is_invalid(dirs: tuple[Path, Path]) -> None:
+    staging, archive = dirs
+    for name, data in _junk().items():
+        write_settled(staging / name, data)
+    planned = commit(staging, archive, dry_run=True)
+    report = commit(staging, archive)
+    assert (report.committed, report.conflicts, report.invalid) == (0, 0, len(_junk()))
+    assert planned.counts() == report.counts()
+    assert archive_files(archive) == {}
+    with Manifest(archive) as manifest:
+        details = {r.source: r.detail for r in manifest.records()}
+    assert details["meta-only.dcm"] == "no data set after the File Meta"
+    assert all(details.values())
+
+
+def test_ingest_leaves_incomplete_files_and_junk_in_the_source(tmp_path: Path) -> None:
+    source, archive = tmp_path / "source", tmp_path / "archive"
+    source.mkdir()
+    for name, data in _junk().items():
+        (source / name).write_bytes(data)
+    ct = wheel_file("CT_small.dcm").read_bytes()
+    (source / "cut.dcm").write_bytes(ct[: len(ct) // 2])
+    shutil.copyfile(wheel_file("CT_small.dcm"), source / "whole.dcm")
+    for jobs in (1, 2):
+        report = ingest(source, archive, jobs=jobs)
+        left = dict(report.left_in_place)
+        assert set(left) == {*_junk(), "cut.dcm"}
+        assert left["cut.dcm"].startswith(f"truncated at byte {len(ct) // 2} of ")
+    assert sorted(p.name for p in source.iterdir()) == sorted([*_junk(), "cut.dcm", "whole.dcm"])
+    assert len(archive_files(archive)) == 1

@@ -204,7 +204,9 @@ def test_hostile_files_each_get_a_defined_outcome(tmp_path: Path, make_ds: MakeD
         rows = {r.source: r for r in manifest.records()}
     assert sorted(rows) == names
     invalid = {name for name, r in rows.items() if r.status == "invalid"}
-    assert {"empty.dcm", "text.txt", "preamble-only.dcm", "gzip.dcm.gz", "ExplVR_LitEndNoMeta.dcm"} <= invalid
+    assert {"empty.dcm", "text.txt", "preamble-only.dcm", "gzip.dcm.gz", "ExplVR_LitEndNoMeta.dcm",
+            "truncated-header.dcm", "MR_truncated.dcm"} <= invalid  # fmt: skip
+    assert rows["MR_truncated.dcm"].detail.startswith("truncated at byte")
     assert all(rows[name].detail for name in invalid)  # each with its reason
     assert rows["no-naming-tags.dcm"].target == "UNKNOWN/UNKNOWN/UNKNOWN/UNKNOWN.dcm"
     for name in ("image_dfl.dcm", "MR_small_bigendian.dcm", *(f"hostile-{i}.dcm" for i in range(10))):

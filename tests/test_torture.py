@@ -43,13 +43,12 @@ def test_random_time_kills_of_the_cli_lose_nothing(tmp_path: Path) -> None:
     )  # fmt: skip
     totals = json.loads(result.stdout)
     failures = "\n".join(totals["failures"])
-    # Not asserted yet: "stale" (a duplicate row of a conflict keeps the path resolve moved
-    # its bytes from) and "unconverged" (resolve --all rerun leaves a conflict copy), both
-    # reported by the script, which exits 1 for them.
-    for counter in ("lost", "partial", "replaced", "escaped", "recorded_twice", "left", "errors"):
+    for counter in ("lost", "partial", "replaced", "escaped", "recorded_twice", "left", "errors", "stale",
+                    "unconverged"):  # fmt: skip
         assert totals[counter] == 0, f"{counter}:\n{failures}"
     for kind, counts in totals["kinds"].items():
         assert counts["trials"] >= 3, kind
         assert counts["killed"] >= 1, f"{kind} was never killed: {counts}"
     assert set(totals["kinds"]) == {"commit", "ingest", "resolve", "recover"}
     assert totals["files"] > 0
+    assert result.returncode == 0, failures

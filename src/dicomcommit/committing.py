@@ -35,7 +35,7 @@ from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.archive import archive_lock, check_dirs, new_run_id
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError, names_os_errors
-from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs, sha256_at
+from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs, read_foreign, sha256_at
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
 from dicomcommit.manifest import Manifest, Record
@@ -312,7 +312,7 @@ class _Committer:
             if record.covers(self.template.keywords):
                 staged.attrs = record.attrs
                 return staged
-            return self._read_header(staged)  # a stager's file is complete: no need to wait
+            return self._read_header(staged, whole=True)  # a stager's file is complete
         return self._read_foreign(staged)
 
     def _read_foreign(self, staged: _Staged) -> _Staged:
@@ -321,15 +321,17 @@ class _Committer:
             staged.left = (f"modified {max(age, 0) / 1e9:.1f} s ago, may still be written; "
                            f"taken once unchanged for {self.settle_ns / 1e9:g} s")  # fmt: skip
             return staged
-        return self._read_header(staged)
+        return self._read_header(staged, whole=False)
 
-    def _read_header(self, staged: _Staged) -> _Staged:
+    def _read_header(self, staged: _Staged, *, whole: bool) -> _Staged:
+        """Name a file from its header; unless it is known *whole*, prove it is first."""
+        read = read_attrs if whole else read_foreign
         try:
             fd = self._open(staged)
             # A foreign writer may not have made its bytes durable; copies are fsynced themselves.
             staged.unsynced = self.mode != "copy"
             try:
-                staged.attrs = read_attrs(fd, self.template.keywords)
+                staged.attrs = read(fd, self.template.keywords, name=str(self.staging / staged.name))
             except NotDicom as exc:
                 staged.invalid = str(exc)
         finally:

@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
+from dicomcommit.completeness import Incomplete, check_complete
 from dicomcommit.naming import Attrs, attrs_from_dataset
 from dicomcommit.rawheader import NeedMoreBytes, Unsupported, scan
 
@@ -195,6 +196,22 @@ def _read_with_pydicom(fileobj: BinaryIO, keywords: Sequence[str]) -> Attrs:
         raise NotDicom(f"undecodable naming value ({type(exc).__name__}: {exc})") from exc
 
 
+def read_foreign(fd: int, keywords: Sequence[str], *, name: str = "") -> Attrs:
+    """Read the naming values of a file no stager vouches for, open at *fd*: as
+    :func:`read_attrs`, once the file is proven whole (every element's declared length fits
+    the file, and the data set parses: :func:`dicomcommit.completeness.check_complete`).
+
+    Raises:
+        NotDicom: not a Part 10 file, incomplete ("truncated at byte N of M"), no data set
+            after the File Meta, a data set that cannot be parsed, or as read_attrs.
+    """
+    try:
+        check_complete(fd, os.fstat(fd).st_size)
+    except Incomplete as exc:
+        raise NotDicom(str(exc)) from exc
+    return read_attrs(fd, keywords, name=name)
+
+
 @dataclass(frozen=True)
 class Described:
     """What naming needs of one file: size, attributes, or why it is not DICOM."""
@@ -214,7 +231,7 @@ def describe(path: str, keywords: Sequence[str]) -> Described:
     try:
         size = os.fstat(fd).st_size
         try:
-            return Described(size, read_attrs(fd, keywords, name=path), None)
+            return Described(size, read_foreign(fd, keywords, name=path), None)
         except NotDicom as exc:
             return Described(size, {}, str(exc))
     finally:

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from dicomcommit.headers import NotDicom, read_attrs, sha256_at
+from dicomcommit.headers import NotDicom, read_attrs, read_foreign, sha256_at
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR
 from dicomcommit.manifest import Record
@@ -81,7 +81,8 @@ def _plan(
                 continue
             else:
                 try:
-                    attrs = read_attrs(fd, template.keywords)
+                    read = read_attrs if record is not None and record.describes(st) else read_foreign
+                    attrs = read(fd, template.keywords, name=str(staging / name))
                 except NotDicom as exc:
                     if leave_invalid:
                         report.left_in_place.append((name, str(exc)))

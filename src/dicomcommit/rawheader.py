@@ -11,10 +11,9 @@ except where a shortcut is provably identical: text in the default, Latin-1 or U
 character sets that decodes without error and is printable (str.isprintable), for the VRs
 whose conversion is plain string handling, mirrored here step by step (checked by
 hypothesis in the tests against pydicom itself). Everything else (bytes invalid in the
-character set, NULs or control characters inside a value, ``=`` in a person name, odd
-numbers, AE, UR, UN, sequences, other character sets) is left *pending* for
-:meth:`Scanned.finish`, which runs pydicom's conversion: it may warn, so callers run it
-where they capture warnings.
+character set, NULs or control characters inside a value, odd numbers, AE, UR, UN,
+sequences, other character sets) is left *pending* for :meth:`Scanned.finish`, which runs
+pydicom's conversion: it may warn, so callers run it where they capture warnings.
 """
 
 from __future__ import annotations
@@ -438,9 +437,18 @@ def _single_text(text: str) -> Value | _Pending:
 
 
 def _person_names(text: str) -> Value | _Pending:
-    if "=" in text:
-        return _PENDING  # component groups: pydicom drops trailing empty ones, per item
-    return text if "\\" not in text else _one_or_list(list[Scalar](text.split("\\")))
+    if "=" not in text:
+        return text if "\\" not in text else _one_or_list(list[Scalar](text.split("\\")))
+    return _one_or_list([_person_name(item) for item in text.split("\\")])
+
+
+def _person_name(item: str) -> str:
+    # pydicom's PersonName splits the decoded text into component groups at "=" and drops
+    # the empty ones at the end ("Wang^XiaoDong=王^小東=" is "Wang^XiaoDong=王^小東").
+    groups = item.split("=")
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups)
 
 
 def _integers(text: str) -> Value | _Pending:

@@ -85,7 +85,7 @@ def _target_of(path: Path, template: Template) -> str | None:
     except OSError:
         return None
     try:
-        attrs = read_attrs(fd, template.keywords)
+        attrs = read_attrs(fd, template.keywords, name=str(path))
     except (NotDicom, OSError):
         return None
     finally:

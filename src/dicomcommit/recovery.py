@@ -183,7 +183,7 @@ def _template_of(
         else:
             fd = os.open(staging / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                attrs = read_attrs(fd, keywords)
+                attrs = read_attrs(fd, keywords, name=str(staging / name))
             finally:
                 os.close(fd)
     except (OSError, NotDicom):
