@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomcommit import Manifest, Stager, TemplateError, commit, ingest, recover
+from dicomcommit import Manifest, Stager, TemplateError, UsageError, commit, ingest, recover
 from dicomcommit.cli import main
 from dicomcommit.demo import synthetic_dataset
 from dicomcommit.journal import journal_dir
@@ -541,3 +541,15 @@ def test_ingest_leaves_incomplete_files_and_junk_in_the_source(tmp_path: Path) -
         assert left["cut.dcm"].startswith(f"truncated at byte {len(ct) // 2} of ")
     assert sorted(p.name for p in source.iterdir()) == sorted([*_junk(), "cut.dcm", "whole.dcm"])
     assert len(archive_files(archive)) == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0])
+def test_the_api_refuses_durations_that_are_not_seconds(dirs: tuple[Path, Path], bad: float) -> None:
+    staging, archive = dirs
+    with pytest.raises(UsageError):
+        commit(staging, archive, settle=bad)
+    with pytest.raises(UsageError):
+        commit(staging, archive, dry_run=True, lock_timeout=bad)
+    archive.mkdir()
+    with pytest.raises(UsageError):
+        recover(archive, staging, part_age=bad)

@@ -35,8 +35,19 @@ def check_lock_timeout(timeout: float | None) -> None:
     Raises:
         UsageError: naming the value (filelock would take a negative one as "forever").
     """
-    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
-        raise UsageError(f"lock_timeout must be a finite number of seconds, 0 or more, or None; not {timeout!r}")
+    if timeout is not None:
+        check_seconds("lock_timeout", timeout, "or None")
+
+
+def check_seconds(what: str, seconds: float, alternative: str = "") -> None:
+    """Refuse a duration that is not a finite number of seconds, 0 or more (nan, inf, -1).
+
+    Raises:
+        UsageError: naming *what* and the value.
+    """
+    if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
+        tail = f" {alternative}" if alternative else ""
+        raise UsageError(f"{what} must be a finite number of seconds, 0 or more{tail}; not {seconds!r}")
 
 
 def check_dirs(staging: Path, archive: Path, *, what: str = "staging directory") -> tuple[Path, Path]:

@@ -21,7 +21,6 @@ finds its earlier links (same inode) and records them, so commit converges.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import stat
 import time
@@ -33,7 +32,7 @@ from typing import Literal, TypeVar
 
 from dicomcommit import _fs
 from dicomcommit._faults import point
-from dicomcommit.archive import archive_lock, check_dirs, new_run_id
+from dicomcommit.archive import archive_lock, check_dirs, check_lock_timeout, check_seconds, new_run_id
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError, names_os_errors
 from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs, read_foreign, sha256_at
 from dicomcommit.journal import JournalIndex
@@ -99,8 +98,8 @@ def commit(
         raise UsageError(f"on_conflict must be one of {', '.join(ON_CONFLICT_CHOICES)}, not {on_conflict!r}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}")
-    if not math.isfinite(settle) or settle < 0:
-        raise UsageError(f"settle must be a number of seconds (0 or more), not {settle!r}")
+    check_seconds("settle", settle)
+    check_lock_timeout(lock_timeout)
     parsed = parse_template(template, allow_collisions=allow_collisions)
     staging, archive = check_dirs(Path(staging_dir), Path(archive_dir))
     scan = scan_staging(staging)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomcommit import _fs
-from dicomcommit.archive import archive_lock, new_run_id
+from dicomcommit.archive import archive_lock, check_seconds, new_run_id
 from dicomcommit.committing import commit_names
 from dicomcommit.errors import UsageError
 from dicomcommit.headers import NotDicom, hash_at, hash_file, read_attrs, sha256_at
@@ -107,6 +107,7 @@ def recover(
         raise UsageError(f"archive {archive} does not exist or is not a directory")
     if staging is not None and not staging.is_dir():
         raise UsageError(f"staging directory {staging} does not exist or is not a directory")
+    check_seconds("part_age", part_age)
     report = RecoverReport(check=check)
     lock = archive_lock(archive, lock_timeout)
     if rebuild_manifest and not check:
