@@ -553,3 +553,21 @@ def test_the_api_refuses_durations_that_are_not_seconds(dirs: tuple[Path, Path],
     archive.mkdir()
     with pytest.raises(UsageError):
         recover(archive, staging, part_age=bad)
+
+
+@pytest.mark.parametrize(("keep", "point"), [("both", "resolve:after-link:1"), ("existing", "resolve:after-link:1")])
+def test_recover_finishes_a_resolve_killed_after_it_placed_the_copy(
+    dirs: tuple[Path, Path], make_ds: MakeDs, keep: str, point: str
+) -> None:
+    """recover must not record the copy a killed resolve made as a new archive file (a second
+    committed row once resolve is rerun): it finishes the decision instead."""
+    staging, archive = dirs
+    _two_conflicts(staging, archive, make_ds)
+    code = f"import sys; from dicomcommit import resolve_many; resolve_many(sys.argv[1], {keep!r})"
+    _killed(code, point, str(archive))
+    report = recover(archive)
+    assert report.resolves_finished
+    assert report.rows_added == []
+    assert main(["resolve", str(archive), "--all", "--keep", keep]) == 0
+    _one_committed_row_per_file(archive)
+    assert not recover(archive, check=True).needs_attention

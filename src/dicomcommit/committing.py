@@ -25,7 +25,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -37,8 +37,8 @@ from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, Usa
 from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs, read_foreign, sha256_at
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
-from dicomcommit.manifest import Manifest, Record
-from dicomcommit.naming import DEFAULT_TEMPLATE, Attrs, Template, parse_template
+from dicomcommit.manifest import FOUND_IN_ARCHIVE, Manifest, Record
+from dicomcommit.naming import DEFAULT_TEMPLATE, Attrs, Template, derived_name, parse_template
 from dicomcommit.outcomes import CommitReport
 from dicomcommit.planning import plan
 from dicomcommit.scanning import scan_staging
@@ -385,38 +385,44 @@ class _Committer:
         detail: str = "",
         existing: str | None = None,
     ) -> Record:
-        notes = [detail] if detail else []
         if placed is _fs.Placed.SAME_INODE:
-            # An interrupted earlier run linked it; its row may be in already (killed before
-            # the unlink), or recover may have recorded the file from the archive tree.
-            recorded = self._committed_row(path)
-            if recorded is not None and recorded.source == self.prefix + staged.name:
-                return recorded  # this very file: inserting it again changes nothing
-            if recorded is not None:
-                return self._record(staged, "duplicate", target, path, detail="already committed and recorded")
-            notes.append("linked by an interrupted earlier run")
-        elif staged.nlink > 1 and self.mode != "copy":
+            return self._already_there(staged, target, path, how="linked by an interrupted earlier run",
+                                       duplicate="already committed and recorded", linked=True)  # fmt: skip
+        notes = [detail] if detail else []
+        if staged.nlink > 1 and self.mode != "copy":
             notes.append(f"copied, not linked: the file has {staged.nlink - 1} other hard link(s)")
         self.placed.add(path)
         return self._record(staged, "committed", target, path, detail="; ".join(notes), existing=existing)
 
     def _identical(self, staged: _Staged, target: str, path: str, *, detail: str) -> Record:
-        """The same bytes are at *path* already: a duplicate of their row, or, when they have
-        none (a copy an interrupted run placed but did not record), they are recorded now."""
-        if path in self.placed or self._committed_row(path) is not None:
-            return self._record(staged, "duplicate", target, path, detail=detail)
+        """The same bytes are at *path* already."""
+        how = "identical bytes were already there with no manifest row (an interrupted earlier run); recorded now"
+        return self._already_there(staged, target, path, how=how, duplicate=detail)
+
+    def _already_there(
+        self, staged: _Staged, target: str, path: str, *, how: str, duplicate: str, linked: bool = False
+    ) -> Record:
+        """This file's bytes are at *path* already (our own earlier link, or identical bytes):
+        a duplicate of the row that records them; or, when no row does (an interrupted run
+        placed them but did not record them), committed now. When ``recover`` recorded them
+        as found in the archive, this file claims that row: it is where they came from."""
+        recorded = None if path in self.placed else self._committed_row(path)
+        if path in self.placed or (recorded is not None and not recorded.source.startswith(FOUND_IN_ARCHIVE)):
+            if recorded is not None and recorded.source == self.prefix + staged.name:
+                # This very file, recorded already: still linked (killed before the unlink), it
+                # is committed; copied again (a rerun of ingest), a duplicate. The same key
+                # either way, so nothing is recorded twice, even when its hash was not read now.
+                again = self._record(staged, "committed" if linked else "duplicate", target, path, detail=duplicate)
+                return replace(again, sha256=again.sha256 or recorded.sha256)
+            return self._record(staged, "duplicate", target, path, detail=duplicate)
         self.placed.add(path)
-        return self._record(staged, "committed", target, path,
-                            detail="identical bytes were already there with no manifest row (an interrupted "
-                                   "earlier run); recorded now")  # fmt: skip
+        committed = self._record(staged, "committed", target, path, detail=how)
+        return committed if recorded is None else replace(committed, id=recorded.id)
 
     def _commit_suffixed(self, staged: _Staged, target: str, existing: str | None) -> Record | None:
-        dirs, fname = _fs.split_rel(target)
-        stem, dot, ext = fname.rpartition(".")
-        sha12 = self._sha256(staged)[:12]
-        derived = f"{stem}~{sha12}.{ext}" if dot and stem else f"{fname}~{sha12}"
+        derived_rel = derived_name(target, self._sha256(staged))
+        dirs, derived = _fs.split_rel(derived_rel)
         placed = self._link(staged, dirs, derived)
-        derived_rel = "/".join((*dirs, derived))
         if placed is not _fs.Placed.EXISTS:
             detail = f"conflict with {target} (sha256 {existing}); committed under a derived name"
             return self._committed(staged, target, derived_rel, placed, detail=detail, existing=existing)

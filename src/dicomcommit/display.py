@@ -132,7 +132,7 @@ def print_recovery(report: RecoverReport, out: TextIO) -> None:
         (report.tmp_removed, f"leftover temp copies {verb} removed"),
         (report.rows_added, f"archive files with no manifest row {verb} recorded"),
         (report.hashed, f"rows with no hash yet {verb} given the hash of their bytes"),
-        (report.resolves_finished, f"interrupted 'resolve --keep staged' decisions {verb} finished"),
+        (report.resolves_finished, f"decisions an interrupted resolve carried out {verb} recorded"),
     )
     for items, text in lines:
         if items:

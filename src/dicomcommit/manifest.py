@@ -28,6 +28,8 @@ from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
 from dicomcommit.naming import Attrs
 
 STATUSES = ("committed", "duplicate", "conflict", "invalid", "resolved")
+#: The source of a row ``recover`` made for a file it found in the archive with no row.
+FOUND_IN_ARCHIVE = "archive:"
 _REVIEWED = "status IN ('conflict', 'invalid')"  # the condition of the partial index files_review
 _RESOLUTION_COLUMNS = ("resolution", "resolved_by", "resolved_at")
 
@@ -197,10 +199,15 @@ class Manifest:
         A row whose key (source and sha256, or source and path when not hashed) is there
         already is kept as is: a rerun records nothing twice. A duplicate found by hashing
         also fills in the hash of the unhashed row of the same source at the same path (a
-        foreign file committed earlier).
+        foreign file committed earlier). A record that carries an ``id`` claims that row (one
+        ``recover`` made for a file it found in the archive, :data:`FOUND_IN_ARCHIVE`): the
+        row takes the record's source, attributes, run and detail.
         """
         stamp = now()  # one time per batch: the time it was recorded
         records = list(records)
+        claims = [(_db(r.source), _attrs_json(r.attrs), r.run, _db(r.detail), r.sha256, r.id)
+                  for r in records if r.id is not None]  # fmt: skip
+        records = [r for r in records if r.id is None]
         rows = [
             (r.status, _db(r.target), _db(r.path), _db(r.source), r.size, r.sha256, r.existing_sha256,
              _attrs_json(r.attrs), r.run, r.time or stamp, _db(r.detail))
@@ -211,6 +218,9 @@ class Manifest:
         with self.transaction():
             self._db.executemany("UPDATE files SET sha256=? WHERE source=? AND path=? AND sha256 IS NULL", hashed)
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany(
+                "UPDATE files SET source=?, attrs=?, run=?, detail=?, sha256=coalesce(?, sha256) WHERE id=?", claims
+            )
             point("commit:in-manifest")
             # The few rows a person reviews are reported with their ids: read them back by key.
             stored = {key: self._by_key(key) for key in reviewed}

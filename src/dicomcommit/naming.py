@@ -232,6 +232,15 @@ def _shorten(text: str) -> str:
     return f"{cut}~{digest}{suffix}"
 
 
+def derived_name(rel: str, sha256: str) -> str:
+    """The name a second, different file wanting *rel* is committed under (``--on-conflict
+    suffix``, ``resolve --keep both``): ``<stem>~<first 12 hex digits of its sha256>.<ext>``."""
+    head, slash, fname = rel.rpartition("/")
+    stem, dot, ext = fname.rpartition(".")
+    derived = f"{stem}~{sha256[:12]}.{ext}" if dot and stem else f"{fname}~{sha256[:12]}"
+    return f"{head}{slash}{derived}"
+
+
 def attrs_from_dataset(ds: Dataset, keywords: Iterable[str]) -> Attrs:
     """Read the values of *keywords* from *ds* as JSON-friendly values (absent -> ``None``).
 

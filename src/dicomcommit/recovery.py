@@ -33,12 +33,12 @@ from dicomcommit.committing import commit_names
 from dicomcommit.errors import UsageError
 from dicomcommit.headers import NotDicom, hash_at, hash_file, read_attrs, sha256_at
 from dicomcommit.journal import JournalIndex, owner_alive, part_owner
-from dicomcommit.layout import INVALID_DIR, PART_SUFFIX, STATE_DIR, TMP_DIR
-from dicomcommit.manifest import Manifest, Record, now
-from dicomcommit.naming import DEFAULT_TEMPLATE, Template, parse_template
+from dicomcommit.layout import INVALID_DIR, PART_SUFFIX, REJECTED_DIR, STATE_DIR, TMP_DIR
+from dicomcommit.manifest import FOUND_IN_ARCHIVE, Manifest, Record, now
+from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template
 from dicomcommit.outcomes import CommitReport
 from dicomcommit.rebuilding import rebuild
-from dicomcommit.resolving import resolve
+from dicomcommit.resolving import Keep, resolve
 from dicomcommit.scanning import scan_staging
 
 DEFAULT_PART_AGE = 3600.0
@@ -128,16 +128,31 @@ def recover(
 def _finish_resolves(
     archive: Path, manifest: Manifest, *, check: bool, report: RecoverReport, lock_timeout: float | None
 ) -> None:
-    """Open conflicts whose bytes are already at their target and whose conflict copy is
-    gone: a ``resolve --keep staged`` killed between its rename and its manifest update.
-    Finishing it records what the filesystem already says."""
+    """Open conflicts that a killed ``resolve`` had already carried out on the filesystem,
+    but not recorded: the bytes at the target (``--keep staged``, after its rename), at the
+    derived name (``--keep both``) or in ``rejected/`` (``--keep existing``). Finishing the
+    decision records what the filesystem already says, before any of those files could be
+    taken for one with no row."""
     for row in manifest.records("conflict"):
-        if row.target is None or row.sha256 is None or (archive / row.path).exists():
+        if row.target is None or row.sha256 is None:
             continue
-        if sha256_at(archive / row.target) == row.sha256:
-            report.resolves_finished.append(f"#{row.id} {row.target}")
+        keep: Keep | None = None
+        derived, rejected = derived_name(row.target, row.sha256), "/".join((*REJECTED_DIR, f"{row.sha256}.dcm"))
+        if not (archive / row.path).exists() and sha256_at(archive / row.target) == row.sha256:
+            keep = "staged"
+        elif _unrecorded_copy(archive, manifest, derived, row.sha256):
+            keep = "both"
+        elif _unrecorded_copy(archive, manifest, rejected, row.sha256):
+            keep = "existing"
+        if keep is not None:
+            report.resolves_finished.append(f"#{row.id} {row.target} (--keep {keep})")
             if not check:
-                resolve(archive, row.id or 0, "staged", lock_timeout=lock_timeout)
+                resolve(archive, row.id or 0, keep, lock_timeout=lock_timeout)
+
+
+def _unrecorded_copy(archive: Path, manifest: Manifest, rel: str, sha256: str) -> bool:
+    """Whether *rel* holds the bytes *sha256* and no row says so."""
+    return sha256_at(archive / rel) == sha256 and not manifest.records(path=rel)
 
 
 def _finish_linked(
@@ -309,7 +324,7 @@ def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, rep
         if not check:
             sha256, size = found
             detail = "in the archive with no manifest row; recorded by recover"
-            added.append(Record("committed", rel, rel, f"archive:{rel}", size, sha256, run="recover", time=now(),
+            added.append(Record("committed", rel, rel, f"{FOUND_IN_ARCHIVE}{rel}", size, sha256, run="recover", time=now(),
                                 detail=detail))  # fmt: skip
     manifest.add(added)
 

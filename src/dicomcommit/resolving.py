@@ -28,6 +28,7 @@ from dicomcommit.errors import CommitError, DicomCommitError, UsageError
 from dicomcommit.headers import sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
 from dicomcommit.manifest import Manifest, Record, now
+from dicomcommit.naming import derived_name
 
 Keep = Literal["existing", "staged", "both"]
 KEEP_CHOICES: tuple[Keep, ...] = ("existing", "staged", "both")
@@ -118,11 +119,7 @@ def _keep_existing(archive: Path, row: Record, tree: _fs.DirTree, manifest: Mani
 
 def _keep_both(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest, who: str) -> None:
     assert row.target is not None
-    dirs, fname = _fs.split_rel(row.target)
-    stem, dot, ext = fname.rpartition(".")
-    sha12 = _hash_of(row)[:12]
-    derived = f"{stem}~{sha12}.{ext}" if dot and stem else f"{fname}~{sha12}"
-    derived_rel = "/".join((*dirs, derived))
+    derived_rel = derived_name(row.target, _hash_of(row))
     if row.resolution is None:
         _link_rel(tree, _conflict_copy(row), derived_rel)
         tree.fsync_touched()
