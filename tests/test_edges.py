@@ -571,3 +571,20 @@ def test_recover_finishes_a_resolve_killed_after_it_placed_the_copy(
     assert main(["resolve", str(archive), "--all", "--keep", keep]) == 0
     _one_committed_row_per_file(archive)
     assert not recover(archive, check=True).needs_attention
+
+
+def test_ingest_move_waits_for_files_still_being_written(tmp_path: Path, make_ds: MakeDs) -> None:
+    """An incoming folder a receiver still writes into: --move must not take (and unlink) a
+    file that may still grow; a copy takes files as they are unless asked to wait."""
+    source, archive = tmp_path / "incoming", tmp_path / "archive"
+    source.mkdir()
+    write_foreign(source / "old.dcm", make_ds(1))
+    fresh = source / "growing.dcm"
+    write_foreign(fresh, make_ds(2))
+    os.utime(fresh)  # just written
+    report = ingest(source, archive, move=True)
+    assert report.committed == 1
+    assert [name for name, _ in report.left_in_place] == ["growing.dcm"]
+    assert fresh.exists()
+    assert ingest(source, archive, move=True, settle=0).committed == 1
+    assert main(["ingest", str(source), str(archive), "--settle", "-1"]) == 2

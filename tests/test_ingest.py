@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from dicomcommit import Manifest
 from dicomcommit.cli import main
 from dicomcommit.ingesting import ingest, usable_cpus
-from tests.conftest import archive_files, copy_in, sha256_of
+from tests.conftest import archive_files, copy_in, sha256_of, write_foreign
 
 MakeDs = Callable[..., Dataset]
 JOBS = min(2, usable_cpus())  # --jobs above the CPU count is refused
@@ -33,7 +33,7 @@ def _tree(root: Path, make_ds: MakeDs) -> dict[str, str]:
     for rel, (index, variant) in layout.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        pydicom.dcmwrite(path, make_ds(index, variant), enforce_file_format=True)
+        write_foreign(path, make_ds(index, variant))  # written long ago, settled
     copy_in("CT_small.dcm", root / "study A", "ct")
     (root / "notes.txt").write_text("not dicom")
     (root / "study B" / "DICOMDIR.bak").write_bytes(b"\0" * 200)

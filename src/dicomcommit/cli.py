@@ -124,6 +124,13 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
     i.add_argument("--dry-run", action="store_true", help="report what would happen; change nothing")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.add_argument("--no-fsync", action="store_true", help="skip fsync (only for data you can regenerate)")
+    i.add_argument(
+        "--settle",
+        type=seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"leave files modified less than this ago for a later run [{DEFAULT_SETTLE:g} with --move, else 0]",
+    )
     _add_lock_options(i)
 
 
@@ -309,6 +316,7 @@ def _ingest(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lock_timeout=args.lock_timeout,
         progress=progress,
+        settle=args.settle,
     )
     return _print_report(report, args, progress)
 

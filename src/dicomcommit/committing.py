@@ -301,7 +301,7 @@ class _Committer:
             return None  # swapped for something else since the scan; left in place
         staged = _Staged(name, st.st_size, st.st_mtime_ns, st.st_nlink)
         known = self.described.pop(name, None)
-        if known is not None and known.size == st.st_size:
+        if known is not None and known.size == st.st_size and not self._too_young(staged):
             staged.attrs, staged.invalid = known.attrs, known.invalid
             staged.unsynced = self.mode != "copy"
             return staged
@@ -316,11 +316,16 @@ class _Committer:
 
     def _read_foreign(self, staged: _Staged) -> _Staged:
         """Name a file no stager vouches for from its header, once it has settled."""
-        if self.settle_ns and (age := time.time_ns() - staged.mtime_ns) < self.settle_ns:
-            staged.left = (f"modified {max(age, 0) / 1e9:.1f} s ago, may still be written; "
-                           f"taken once unchanged for {self.settle_ns / 1e9:g} s")  # fmt: skip
-            return staged
-        return self._read_header(staged, whole=False)
+        return staged if self._too_young(staged) else self._read_header(staged, whole=False)
+
+    def _too_young(self, staged: _Staged) -> bool:
+        """Whether a foreign file changed less than the settle time ago (then it stays for now)."""
+        age = time.time_ns() - staged.mtime_ns
+        if age >= self.settle_ns:
+            return False
+        staged.left = (f"modified {max(age, 0) / 1e9:.1f} s ago, may still be written; "
+                       f"taken once unchanged for {self.settle_ns / 1e9:g} s")  # fmt: skip
+        return True
 
     def _read_header(self, staged: _Staged, *, whole: bool) -> _Staged:
         """Name a file from its header; unless it is known *whole*, prove it is first."""

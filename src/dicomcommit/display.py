@@ -170,7 +170,10 @@ def print_shown(shown: Shown, archive: Path, out: TextIO) -> None:
     _say(f"  staged as {r.source} in run {r.run} at {r.time}", out)
     if r.detail:
         _say(f"  {r.detail}", out)
-    if r.resolution:
+    if r.resolution and r.status == "conflict":  # decided, then interrupted
+        _say(f"  decided (--keep {r.resolution}) by {r.resolved_by} at {r.resolved_at}, not carried out yet: "
+             "rerun that resolve, or recover", out)  # fmt: skip
+    elif r.resolution:
         _say(f"  resolved ({r.resolution}) by {r.resolved_by} at {r.resolved_at}", out)
     if shown.existing is None or shown.staged is None or shown.diff is None:
         return

@@ -18,8 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from dicomcommit.archive import check_dirs, check_lock_timeout, new_run_id
-from dicomcommit.committing import DEFAULT_BATCH, OnConflict, Progress, commit_names
+from dicomcommit.archive import check_dirs, check_lock_timeout, check_seconds, new_run_id
+from dicomcommit.committing import DEFAULT_BATCH, DEFAULT_SETTLE, OnConflict, Progress, commit_names
 from dicomcommit.errors import UsageError, names_os_errors
 from dicomcommit.headers import Described, describe
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
@@ -43,12 +43,16 @@ def ingest(
     batch_size: int = DEFAULT_BATCH,
     lock_timeout: float | None = None,
     progress: Progress | None = None,
+    settle: float | None = None,
 ) -> CommitReport:
     """Commit every DICOM file below *source_dir* into *archive_dir*.
 
     Args:
         move: remove each source file once its bytes are committed or recorded (default:
             copy, and leave the source tree as it was).
+        settle: seconds a file must have gone unmodified before it is taken; a younger one
+            may still be written, and is left for a later run. Default: 2 with *move* (a
+            source still growing must not lose its tail with its name), 0 for a copy.
         jobs: processes reading headers in parallel, from 1 to :func:`usable_cpus`.
         Others: as :func:`dicomcommit.commit`.
 
@@ -68,18 +72,21 @@ def ingest(
     if batch_size < 1:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}")
     check_lock_timeout(lock_timeout)
+    settle = (DEFAULT_SETTLE if move else 0.0) if settle is None else settle
+    check_seconds("settle", settle)
     parsed = parse_template(template, allow_collisions=allow_collisions)
     source, archive = check_dirs(Path(source_dir), Path(archive_dir), what="source")
     # A source tree is no staging directory: a file named *.part there is just a name.
     scan = scan_staging(source, include_hidden=True, skip_parts=False)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=list(scan.skipped))
     if dry_run:
-        plan(source, archive, scan.files, parsed, report, leave_invalid=True, source_prefix=f"{source}/")
+        plan(source, archive, scan.files, parsed, report, leave_invalid=True, source_prefix=f"{source}/",
+             settle=settle)  # fmt: skip
         return report
     described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
     commit_names(source, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable,
                  batch_size=batch_size, lock_timeout=lock_timeout, progress=progress,
-                 mode="move" if move else "copy", described=described)  # fmt: skip
+                 mode="move" if move else "copy", described=described, settle=settle)  # fmt: skip
     return report
 
 

@@ -29,16 +29,16 @@ from typing import Any
 
 from dicomcommit import _fs
 from dicomcommit.archive import archive_lock, check_seconds, new_run_id
-from dicomcommit.committing import commit_names
+from dicomcommit.committing import OnConflict, commit_names
 from dicomcommit.errors import UsageError
 from dicomcommit.headers import NotDicom, hash_at, hash_file, read_attrs, sha256_at
 from dicomcommit.journal import JournalIndex, owner_alive, part_owner
-from dicomcommit.layout import INVALID_DIR, PART_SUFFIX, REJECTED_DIR, STATE_DIR, TMP_DIR
+from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, PART_SUFFIX, STATE_DIR, TMP_DIR
 from dicomcommit.manifest import FOUND_IN_ARCHIVE, Manifest, Record, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template
 from dicomcommit.outcomes import CommitReport
 from dicomcommit.rebuilding import rebuild
-from dicomcommit.resolving import Keep, resolve
+from dicomcommit.resolving import KEEP_CHOICES, resolve
 from dicomcommit.scanning import scan_staging
 
 DEFAULT_PART_AGE = 3600.0
@@ -128,72 +128,67 @@ def recover(
 def _finish_resolves(
     archive: Path, manifest: Manifest, *, check: bool, report: RecoverReport, lock_timeout: float | None
 ) -> None:
-    """Open conflicts that a killed ``resolve`` had already carried out on the filesystem,
-    but not recorded: the bytes at the target (``--keep staged``, after its rename), at the
-    derived name (``--keep both``) or in ``rejected/`` (``--keep existing``). Finishing the
-    decision records what the filesystem already says, before any of those files could be
-    taken for one with no row."""
+    """Decisions a killed ``resolve`` recorded (it records each before touching a file) but
+    did not finish: carried out now, as decided."""
     for row in manifest.records("conflict"):
-        if row.target is None or row.sha256 is None:
-            continue
-        keep: Keep | None = None
-        derived, rejected = derived_name(row.target, row.sha256), "/".join((*REJECTED_DIR, f"{row.sha256}.dcm"))
-        if not (archive / row.path).exists() and sha256_at(archive / row.target) == row.sha256:
-            keep = "staged"
-        elif _unrecorded_copy(archive, manifest, derived, row.sha256):
-            keep = "both"
-        elif _unrecorded_copy(archive, manifest, rejected, row.sha256):
-            keep = "existing"
-        if keep is not None:
-            report.resolves_finished.append(f"#{row.id} {row.target} (--keep {keep})")
+        if row.resolution in KEEP_CHOICES:
+            report.resolves_finished.append(f"#{row.id} {row.target} (--keep {row.resolution})")
             if not check:
-                resolve(archive, row.id or 0, keep, lock_timeout=lock_timeout)
-
-
-def _unrecorded_copy(archive: Path, manifest: Manifest, rel: str, sha256: str) -> bool:
-    """Whether *rel* holds the bytes *sha256* and no row says so."""
-    return sha256_at(archive / rel) == sha256 and not manifest.records(path=rel)
+                resolve(archive, row.id or 0, row.resolution, lock_timeout=lock_timeout)
 
 
 def _finish_linked(
     staging: Path, archive: Path, manifest: Manifest, template: str | None, *, check: bool, report: RecoverReport
 ) -> None:
-    """Staged files with a second link: a commit was killed between link and unlink."""
-    linked = []
-    for name in scan_staging(staging).files:
-        with contextlib.suppress(FileNotFoundError):  # a running commit may take it meanwhile
-            if os.stat(staging / name, follow_symlinks=False).st_nlink > 1:
-                linked.append(name)
-    report.finished = linked
-    if not linked or check:
-        return
+    """Staged files a killed commit had linked into the archive (the same inode is there),
+    finished as that run would have: under its template and conflict policy. A file with
+    other links that are not in the archive is no commit's business here: commit takes it
+    (copying it) when it has settled."""
     if template is not None:
         candidates = [parse_template(template, allow_collisions=True)]
     else:
         texts = dict.fromkeys([*manifest.run_templates(), DEFAULT_TEMPLATE])
         candidates = [parse_template(text, allow_collisions=True) for text in texts]
-    groups: dict[Template, list[str]] = {}
+    groups: dict[tuple[Template, OnConflict], list[str]] = {}
     journal = JournalIndex(staging)
     journal.refresh()
     try:
-        for name in linked:
-            groups.setdefault(_template_of(staging, archive, name, candidates, journal), []).append(name)
+        for name in scan_staging(staging).files:
+            with contextlib.suppress(FileNotFoundError):  # a running commit may take it meanwhile
+                found = _placement_of(staging, archive, name, candidates, journal)
+                if found is not None:
+                    groups.setdefault(found, []).append(name)
     finally:
         journal.close()
-    for parsed, names in groups.items():
-        commit_names(staging, archive, names, parsed, CommitReport(run=new_run_id()))
+    report.finished = sorted(name for names in groups.values() for name in names)
+    if check:
+        return
+    for (parsed, on_conflict), names in groups.items():
+        commit_names(staging, archive, names, parsed, CommitReport(run=new_run_id()), on_conflict=on_conflict)
 
 
-def _template_of(
+def _placement_of(
     staging: Path, archive: Path, name: str, candidates: list[Template], journal: JournalIndex
-) -> Template:
-    """The candidate under which *name* is already at its target (the same inode): the
-    template of the run that linked it. The first candidate (the newest run that did not
-    finish) when none is, e.g. when the file was kept as a conflict."""
+) -> tuple[Template, OnConflict] | None:
+    """Where a killed commit linked *name*, as (template, conflict policy): at its target
+    under one of the candidate templates, at the derived name of ``--on-conflict suffix``,
+    or kept in ``conflicts/`` or ``invalid/``. None when its inode is nowhere there."""
+    st = os.stat(staging / name, follow_symlinks=False)
+
+    def there(rel: str) -> bool:
+        try:
+            return os.path.samestat(st, os.stat(archive / rel, follow_symlinks=False))
+        except OSError:
+            return False
+
+    sha256 = sha256_at(staging / name) if st.st_nlink > 1 else None  # one name: linked nowhere
+    if sha256 is None:
+        return None
+    if there("/".join((*INVALID_DIR, sha256))):
+        return candidates[0], "record"
+    keywords = tuple(dict.fromkeys(k for t in candidates for k in t.keywords))
+    record = journal.get(name)
     try:
-        st = os.stat(staging / name, follow_symlinks=False)
-        keywords = tuple(dict.fromkeys(k for t in candidates for k in t.keywords))
-        record = journal.get(name)
         if record is not None and record.describes(st) and record.covers(keywords):
             attrs = record.attrs
         else:
@@ -202,13 +197,16 @@ def _template_of(
                 attrs = read_attrs(fd, keywords, name=str(staging / name))
             finally:
                 os.close(fd)
-    except (OSError, NotDicom):
-        return candidates[0]  # commit itself says what is wrong with it
+    except NotDicom:
+        return None
+    kept = there("/".join((*CONFLICTS_DIR, f"{sha256}.dcm")))
     for candidate in candidates:
-        with contextlib.suppress(OSError):
-            if os.path.samestat(st, os.stat(archive / candidate.render(attrs), follow_symlinks=False)):
-                return candidate
-    return candidates[0]
+        target = candidate.render(attrs)
+        if there(target) or (kept and os.path.lexists(archive / target)):
+            return candidate, "record"
+        if there(derived_name(target, sha256)):
+            return candidate, "suffix"
+    return None
 
 
 def _abandoned_parts(
@@ -324,8 +322,8 @@ def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, rep
         if not check:
             sha256, size = found
             detail = "in the archive with no manifest row; recorded by recover"
-            added.append(Record("committed", rel, rel, f"{FOUND_IN_ARCHIVE}{rel}", size, sha256, run="recover", time=now(),
-                                detail=detail))  # fmt: skip
+            source = f"{FOUND_IN_ARCHIVE}{rel}"
+            added.append(Record("committed", rel, rel, source, size, sha256, run="recover", time=now(), detail=detail))
     manifest.add(added)
 
 

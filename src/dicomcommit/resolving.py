@@ -82,6 +82,7 @@ def resolve_many(
             rows += [r for r in manifest.records(("resolved", "committed"), run=run, resolved=True)
                      if r.resolution == keep and r.sha256 is not None and (archive / _conflict_copy(r)).is_file()
                      and (target is None or fnmatch.fnmatchcase(r.target or "", target))]  # fmt: skip
+        rows = _intend(manifest, rows, keep, who)
         tree = _fs.DirTree(archive)
         try:
             for row in rows:
@@ -90,6 +91,22 @@ def resolve_many(
         finally:
             tree.close()
     return done
+
+
+def _intend(manifest: Manifest, rows: list[Record], keep: Keep, who: str) -> list[Record]:
+    """Record the decision on each open conflict before any file is touched (one transaction):
+    a resolve killed at any later step is then finished as decided, by rerunning it or by
+    ``recover``, and nothing has to be guessed from which files exist."""
+    for row in rows:
+        if row.status == "conflict" and row.resolution not in (None, keep):
+            raise UsageError(f"#{row.id}: an interrupted resolve decided --keep {row.resolution}; rerun that "
+                             "(or recover) to finish it first")  # fmt: skip
+    pending = [row for row in rows if row.status == "conflict" and row.resolution is None]
+    if pending:
+        with manifest.transaction():
+            for row in pending:
+                manifest.update(row.id or 0, **_stamp(keep, who))
+    return [manifest.get(row.id or 0) for row in rows]
 
 
 def _guarded(archive: Path, row: Record, action: Callable[[], None]) -> None:
@@ -105,7 +122,7 @@ def _guarded(archive: Path, row: Record, action: Callable[[], None]) -> None:
 
 def _keep_existing(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest, who: str) -> None:
     rejected = "/".join((*REJECTED_DIR, f"{_hash_of(row)}.dcm"))
-    if row.resolution is None:
+    if row.status == "conflict":  # decided, not carried out yet
         _link_rel(tree, _conflict_copy(row), rejected)
         tree.fsync_touched()
         point("resolve:after-link")
@@ -120,7 +137,7 @@ def _keep_existing(archive: Path, row: Record, tree: _fs.DirTree, manifest: Mani
 def _keep_both(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest, who: str) -> None:
     assert row.target is not None
     derived_rel = derived_name(row.target, _hash_of(row))
-    if row.resolution is None:
+    if row.status == "conflict":  # decided, not carried out yet
         _link_rel(tree, _conflict_copy(row), derived_rel)
         tree.fsync_touched()
         point("resolve:after-link")
@@ -134,8 +151,8 @@ def _keep_both(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest
 
 def _keep_staged(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest, who: str) -> None:
     assert row.target is not None
-    if row.resolution is not None:
-        return
+    if row.status != "conflict":
+        return  # carried out and recorded
     dirs, fname = _fs.split_rel(row.target)
     target_fd = tree.dir_fd(dirs, create=False)
     current = sha256_at(fname, dir_fd=target_fd)
@@ -160,6 +177,9 @@ def _keep_staged(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manife
                 hashed = {"sha256": old} if other.sha256 is None else {}  # a foreign file: hashed now
                 manifest.update(other.id or 0, status="resolved", path=replaced,
                                 detail=f"replaced by #{row.id}", **hashed, **_stamp("replaced", who))  # fmt: skip
+        for duplicate in manifest.records("duplicate", path=row.target):
+            if duplicate.sha256 in (None, old):  # duplicates of the old file follow it
+                manifest.update(duplicate.id or 0, path=replaced)
         manifest.update(row.id or 0, status="committed", path=row.target,
                         detail=f"conflict resolved: replaced the file committed before (kept at {replaced})",
                         **_stamp("staged", who))  # fmt: skip
