@@ -588,3 +588,92 @@ def test_ingest_move_waits_for_files_still_being_written(tmp_path: Path, make_ds
     assert fresh.exists()
     assert ingest(source, archive, move=True, settle=0).committed == 1
     assert main(["ingest", str(source), str(archive), "--settle", "-1"]) == 2
+
+
+# --- found by review ----------------------------------------------------------------------------
+
+
+def test_recover_leaves_a_hard_linked_foreign_file_to_commit(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    """A second link outside the archive is not a killed commit's: recover does not take it."""
+    staging, archive = dirs
+    archive.mkdir()
+    young = staging / "young.dcm"
+    write_foreign(young, synthetic_dataset("1.2.826.0.1.3680043.10.1234", 1))
+    os.utime(young)
+    os.link(young, tmp_path / "elsewhere.dcm")
+    report = recover(archive, staging)
+    assert report.finished == []
+    assert young.exists()
+    assert archive_files(archive) == {}
+
+
+def test_recover_after_a_killed_suffix_commit_commits_under_the_derived_name(
+    dirs: tuple[Path, Path], make_ds: MakeDs
+) -> None:
+    staging, archive = dirs
+    stager = Stager(staging)
+    stager.stage(make_ds(1))
+    commit(staging, archive)
+    stager.stage(make_ds(1, variant=1))
+    code = "import sys; from dicomcommit import commit; commit(sys.argv[1], sys.argv[2], on_conflict='suffix')"
+    _killed(code, "commit:before-manifest:1", str(staging), str(archive))
+    recover(archive, staging)
+    with Manifest(archive) as manifest:
+        assert manifest.records("conflict") == []
+        rows = manifest.records("committed")
+    assert len(rows) == 2
+    assert any("~" in r.path for r in rows)
+    _one_committed_row_per_file(archive)
+    assert not recover(archive, staging, check=True).needs_attention
+
+
+def test_keep_staged_moves_the_duplicates_of_the_replaced_file_with_it(
+    dirs: tuple[Path, Path], make_ds: MakeDs
+) -> None:
+    staging, archive = dirs
+    stager = Stager(staging)
+    stager.stage(make_ds(1))
+    commit(staging, archive)
+    stager.stage(make_ds(1))  # a duplicate of the file about to be replaced
+    stager.stage(make_ds(1, variant=1))
+    commit(staging, archive)
+    assert main(["resolve", str(archive), "--all", "--keep", "staged"]) == 0
+    with Manifest(archive) as manifest:
+        (duplicate,) = manifest.records("duplicate")
+    assert duplicate.path.startswith(".dicomcommit/replaced/")
+    assert sha256_of(archive / duplicate.path) == duplicate.sha256
+    assert not recover(archive, verify=True, check=True).needs_attention
+
+
+def test_recover_copies_an_abandoned_part_file_with_other_links(tmp_path: Path, dirs: tuple[Path, Path]) -> None:
+    staging, archive = dirs
+    archive.mkdir()
+    part = staging / "tool-output.dcm.part"
+    part.write_bytes(b"half a file")
+    os.link(part, tmp_path / "outside")
+    report = recover(archive, staging, part_age=0)
+    assert report.parts_moved == ["tool-output.dcm.part"]
+    (kept,) = (archive / ".dicomcommit" / "invalid").iterdir()
+    assert kept.stat().st_ino != (tmp_path / "outside").stat().st_ino
+    assert kept.stat().st_nlink == 1
+
+
+def test_a_template_that_is_not_utf8_is_recorded_not_a_traceback(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+    staging, archive = dirs
+    Stager(staging).stage(make_ds(1))
+    template = os.fsdecode(b"caf\xe9/{SOPInstanceUID}.dcm")
+    assert main(["commit", str(staging), str(archive), "--template", template]) == 0
+    with Manifest(archive) as manifest:
+        assert manifest.run_templates() == [template]
+    assert len(archive_files(archive)) == 1
+
+
+def test_a_format_spec_that_overflows_renders_the_plain_value() -> None:
+    template = parse_template("{InstanceNumber:c}/{SOPInstanceUID}.dcm")
+    assert template.render({"InstanceNumber": 2_000_000, "SOPInstanceUID": "1.2"}) == "2000000/1.2.dcm"
+
+
+@pytest.mark.parametrize("spec", ["g", "d", "e", ".2f", "%"])
+def test_a_uid_is_never_formatted_as_a_number(spec: str) -> None:
+    with pytest.raises(TemplateError, match=r"text value as a number|cut the value"):
+        parse_template(f"{{SOPInstanceUID:{spec}}}")

@@ -262,7 +262,7 @@ class DirTree:
     ) -> Placed:
         """Give the file *src* the name *dirs*/*name* below the root, never clobbering.
 
-        With *copy*, or when the file is on another filesystem (``EXDEV``), its bytes are
+        With *copy*, when the file has other hard links, or when it is on another filesystem (``EXDEV``), its bytes are
         first copied into the tree's *tmp* directory (fsynced when durable), and the copy is
         linked: the root then never shares an inode with what it copied from. (A *copy* whose
         destination already is the same inode was linked there by an interrupted earlier run,
@@ -275,6 +275,9 @@ class DirTree:
         dst_fd = self.dir_fd(dirs)
         where = "/".join((str(self.root), *dirs, name))
         placed = None
+        # A file with other names (hard links) is copied: linked, it would share its inode
+        # with a name outside the root, and truncating that name would empty ours.
+        copy = copy or os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_nlink > 1
         if copy and _same_inode(src_dir_fd, src, dst_fd, name):
             return Placed.SAME_INODE
         if not copy:

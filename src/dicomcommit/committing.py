@@ -462,12 +462,11 @@ class _Committer:
         return path in self.placed or bool(self.manifest.records("conflict", path=path))
 
     def _link(self, staged: _Staged, dirs: tuple[str, ...], fname: str) -> _fs.Placed:
-        # The archive never shares an inode with a name outside it: a tree that ingest copies
-        # from, or a file with other hard links (truncating one of those would empty ours).
-        copy = self.mode == "copy" or staged.nlink > 1
+        # The archive never shares an inode with a tree ingest copies from (nor, link_in sees
+        # to it, with a file that has other hard links).
         try:
             placed = self.tree.link_in(self.staging_fd, staged.name, dirs, fname, open_src=partial(self._open, staged),
-                                       copy=copy)  # fmt: skip
+                                       copy=self.mode == "copy")  # fmt: skip
         except DicomCommitError:
             raise
         except OSError as exc:

@@ -31,6 +31,7 @@ _PIXEL_DATA = (0x7FE0, 0x0010)
 _ITEM_END_ELEM = 0xE00D
 _TRANSFER_SYNTAX = 0x0010
 _NOT_PART10 = "not a DICOM Part 10 file"
+_NO_DATA_SET = "no data set after the File Meta"
 _UNPARSABLE = "cannot be parsed past the File Meta"
 
 # Element headers, as (group, element, VR, 2-byte length) or (group, element, 4-byte length):
@@ -87,13 +88,13 @@ def check_complete(fd: int, size: int) -> None:
         raise Incomplete(f"{_NOT_PART10} (no preamble and DICM prefix)")
     pos, syntax = _file_meta(walker)
     if pos == size:
-        raise Incomplete("no data set after the File Meta")
+        raise Incomplete(_NO_DATA_SET)
     # pydicom reads every other transfer syntax (all the compressed ones) as Explicit VR Little Endian
     implicit, little = syntax == ImplicitVRLittleEndian, syntax != ExplicitVRBigEndian
     if syntax == DeflatedExplicitVRLittleEndian:
         data = _inflate(fd, pos, size)
         if not data:
-            raise Incomplete("no data set after the File Meta")
+            raise Incomplete(_NO_DATA_SET)
         walker, pos = _Walker(-1, len(data), data, inflated=True), 0
     if _is_implicit(walker, pos, implicit, top=True):
         _walk_implicit(walker, pos, little, top=True)
@@ -136,6 +137,25 @@ class _Walker:
             raise self.past_end(pos)
         self.need(pos, 8)  # the next header: a partial one, or a missing item delimiter, is truncation
         return False
+
+    def zeros_to_end(self, pos: int) -> bool:
+        """Whether the bytes from *pos* to the end are all NUL (padding some writers leave)."""
+        while pos < self.size:
+            chunk = self.buf[pos - self.base :] if self.inflated else _pread(self.fd, _DATASET_READ, pos, self.size)
+            if chunk.strip(b"\0"):
+                return False
+            pos += len(chunk)
+        return True
+
+    def padding_end(self, pos: int, *, first: bool) -> int:
+        """The end of a data set followed by NUL padding from *pos* (pydicom stops there too).
+
+        Raises:
+            Incomplete: the padding is all there is after the File Meta.
+        """
+        if first:
+            raise Incomplete(_NO_DATA_SET)
+        return self.size
 
     def past_end(self, needed: int) -> Incomplete:
         """The error for something that would end at *needed*, past the end."""
@@ -252,14 +272,14 @@ def _is_implicit(w: _Walker, pos: int, implicit: bool, top: bool) -> bool:
 def _walk_explicit(w: _Walker, pos: int, little: bool, top: bool) -> int:
     """Walk explicit-VR elements from *pos*; return where the data set ends.
 
-    The top-level data set ends at the end of the file and its tags ascend; an item of
+    The top-level data set ends at the end of the file (or where NUL padding starts); an item of
     undefined length ends after its item delimiter.
 
     Raises:
         Incomplete: an element runs past the end, or the data set cannot be parsed.
     """
     header, length32, sizes = _EXPLICIT[little], _LENGTH[little], _HEADER_SIZES[little]
-    buf, base, last_group, last_elem = w.buf, w.base, 0, 0xFFFF
+    buf, base, first = w.buf, w.base, True
     off, stop = pos - base, len(buf) - 8  # stop: the last offset with a whole 8-byte header in the window
     while True:
         if off > stop:
@@ -268,10 +288,11 @@ def _walk_explicit(w: _Walker, pos: int, little: bool, top: bool) -> int:
             off, buf, base = base + off - w.base, w.buf, w.base
             stop = len(buf) - 8
         group, elem, vr, length = header(buf, off)
-        if top:
-            if not (elem > last_elem if group == last_group else last_group < group < _ITEM_GROUP):
-                raise _misplaced(w, base + off, (group, elem), (last_group, last_elem))
-            last_group, last_elem = group, elem
+        if top and (group == 0 or group >= _ITEM_GROUP):
+            if group == elem == 0 and w.zeros_to_end(base + off):
+                return w.padding_end(base + off, first=first)
+            raise _misplaced(w, base + off, (group, elem))
+        first = False  # pydicom reads tags out of order too: only their groups are checked
         hs = sizes[vr]
         if hs == 8:
             off += 8 + length
@@ -280,7 +301,7 @@ def _walk_explicit(w: _Walker, pos: int, little: bool, top: bool) -> int:
             if group == _ITEM_GROUP and elem == _ITEM_END_ELEM and not top:
                 return base + off + 8
             if group == _ITEM_GROUP:
-                raise _misplaced(w, base + off, (group, elem), (last_group, last_elem))
+                raise _misplaced(w, base + off, (group, elem))
             raise w.broken(_invalid_vr(group, elem, vr, little), base + off)
         if off + 4 > stop:  # the 4-byte length is not in the window
             buf, off = w.need(base + off, 12)
@@ -301,7 +322,7 @@ def _walk_implicit(w: _Walker, pos: int, little: bool, top: bool) -> int:
         Incomplete: an element runs past the end, or the data set cannot be parsed.
     """
     header = _IMPLICIT[little]
-    buf, base, last_group, last_elem = w.buf, w.base, 0, 0xFFFF
+    buf, base, first = w.buf, w.base, True
     off, stop = pos - base, len(buf) - 8
     while True:
         if off > stop:
@@ -310,14 +331,15 @@ def _walk_implicit(w: _Walker, pos: int, little: bool, top: bool) -> int:
             off, buf, base = base + off - w.base, w.buf, w.base
             stop = len(buf) - 8
         group, elem, length = header(buf, off)
-        if top:
-            if not (elem > last_elem if group == last_group else last_group < group < _ITEM_GROUP):
-                raise _misplaced(w, base + off, (group, elem), (last_group, last_elem))
-            last_group, last_elem = group, elem
-        elif group == _ITEM_GROUP:
+        if top and (group == 0 or group >= _ITEM_GROUP):
+            if group == elem == 0 and w.zeros_to_end(base + off):
+                return w.padding_end(base + off, first=first)
+            raise _misplaced(w, base + off, (group, elem))
+        first = False  # pydicom reads tags out of order too: only their groups are checked
+        if not top and group == _ITEM_GROUP:
             if elem == _ITEM_END_ELEM:
                 return base + off + 8
-            raise _misplaced(w, base + off, (group, elem), (last_group, last_elem))
+            raise _misplaced(w, base + off, (group, elem))
         if length != _UNDEFINED:
             off += 8 + length
             continue
@@ -381,15 +403,13 @@ def _walk_items(w: _Walker, pos: int, little: bool, implicit: bool, fragments: b
             pos = _walk_explicit(w, pos + 8, little, top=False)
 
 
-def _misplaced(w: _Walker, pos: int, tag: tuple[int, int], last: tuple[int, int]) -> Incomplete:
-    """The error for a *tag* that cannot follow *last*: group 0000, an item tag, or one that goes backwards."""
+def _misplaced(w: _Walker, pos: int, tag: tuple[int, int]) -> Incomplete:
+    """The error for a *tag* no data element has: group 0000 (a command), or an item tag."""
     group, elem = tag
     if group == 0:
         return w.broken(f"command element {_tag(group, elem)} in the data set", pos)
-    if group >= _ITEM_GROUP:
-        name = _ITEM_NAMES.get(group << 16 | elem, "tag")
-        return w.broken(f"{name} {_tag(group, elem)} where a data element should be", pos)
-    return w.broken(f"tags go backwards, {_tag(group, elem)} after {_tag(*last)}", pos)
+    name = _ITEM_NAMES.get(group << 16 | elem, "tag")
+    return w.broken(f"{name} {_tag(group, elem)} where a data element should be", pos)
 
 
 def _invalid_vr(group: int, elem: int, vr: int, little: bool) -> str:

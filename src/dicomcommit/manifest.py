@@ -85,8 +85,9 @@ def failure(path: Path, exc: Exception, what: str) -> ManifestError:
         archive = path.parent.parent
         return ManifestDamaged(
             f"the manifest {path} is damaged ({exc}); no command can use it, and rerunning will not help. "
-            f"Nothing in the archive was changed. Rebuild it from the archive (the damaged file is kept aside): "
-            f"dicomcommit recover {archive} [STAGING] --rebuild-manifest"
+            "No file was lost: staged files stay staged until their rows are in, and any a batch had "
+            "already linked are finished by the rebuild. Rebuild it from the archive (the damaged file is "
+            f"kept aside): dicomcommit recover {archive} [STAGING] --rebuild-manifest"
         )
     return ManifestError(f"{what} {path}: {exc}")
 
@@ -247,7 +248,7 @@ class Manifest:
         with self.transaction():
             self._db.execute(
                 "INSERT INTO runs (id, started, staging, template, host, pid) VALUES (?,?,?,?,?,?)",
-                (run, now(), _db(staging), template, os.uname().nodename, os.getpid()),
+                (run, now(), _db(staging), _db(template), os.uname().nodename, os.getpid()),
             )
 
     def run_templates(self) -> list[str]:
@@ -255,7 +256,7 @@ class Manifest:
         cursor = self._db.execute(
             "SELECT template FROM runs GROUP BY template ORDER BY max(finished IS NULL) DESC, max(started) DESC"
         )
-        return [template for (template,) in cursor]
+        return [_py(template) for (template,) in cursor]
 
     def finish_run(self, run: str, counts: dict[str, int]) -> None:
         """Record the end of a commit run and its counts."""

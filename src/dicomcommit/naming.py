@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -155,6 +155,12 @@ _SPEC = re.compile(
 )
 
 
+def _is_text(keyword: str) -> bool:
+    """Whether *keyword*'s value is text rather than a number (IS and DS are numbers as text)."""
+    tag = tag_for_keyword(keyword)
+    return tag is not None and dictionary_VR(tag) not in ("IS", "DS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV")
+
+
 def _check_spec(spec: str, keyword: str, text: str) -> None:
     """Refuse a format spec that could drop the value (a precision cuts text: ``{SOPInstanceUID:.0}``
     names every file alike) or make a component longer than any filesystem takes."""
@@ -164,6 +170,9 @@ def _check_spec(spec: str, keyword: str, text: str) -> None:
     width, precision, kind = match["width"], match["precision"], match["type"]
     if precision is not None and (kind is None or kind not in "eEfFgG%"):
         raise TemplateError(f"template {text!r}: the precision in {{{keyword}:{spec}}} would cut the value short")
+    if kind not in (None, "s") and _is_text(keyword):
+        # a UID or code read as a number loses digits: "0012" and "12", or 20-digit UIDs under :g
+        raise TemplateError(f"template {text!r}: {{{keyword}:{spec}}} formats a text value as a number")
     for number in (width, precision):
         if number is not None and int(number) > MAX_COMPONENT_BYTES:
             raise TemplateError(
@@ -190,7 +199,7 @@ def _render_scalar(value: Scalar, spec: str) -> str:
     for candidate in candidates:
         try:
             return format(candidate, spec)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):  # {InstanceNumber:c} of 2000000: OverflowError
             continue
     return str(value)  # a spec that fits no form of the value: the plain value, deterministically
 

@@ -297,9 +297,11 @@ def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, rep
     by_path: dict[str, Record] = {}
     hashes: dict[int, str] = {}
     for record in manifest.records():
-        if record.status == "duplicate":
-            if not os.path.lexists(archive / record.path):  # its bytes are another row's: they must be there
+        if record.status == "duplicate":  # its bytes are another row's: they must be there
+            if not os.path.lexists(archive / record.path):
                 report.missing.append(f"#{record.id} duplicate of {record.path}")
+            elif verify and record.sha256 not in (None, sha256_at(archive / record.path)):
+                report.mismatched.append(f"#{record.id} duplicate of {record.path}: its bytes are not these")
             continue
         by_path.setdefault(record.path, record)
         sha256 = _check_bytes(archive, record, verify, report)
