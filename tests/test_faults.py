@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import gzip
 import os
+import shutil
 import subprocess
 import warnings
 from collections.abc import Callable, Iterator
@@ -15,8 +16,19 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomcommit import CommitError, DicomCommitError, Manifest, StageError, Stager, commit
-from tests.conftest import copy_in, settled, sha256_of, staged_files, wheel_file, write_foreign, write_settled
+from dicomcommit import CommitError, DicomCommitError, Manifest, StageError, Stager, commit, ingest
+from dicomcommit.demo import synthetic_dataset
+from tests.conftest import (
+    ROOT,
+    archive_files,
+    copy_in,
+    settled,
+    sha256_of,
+    staged_files,
+    wheel_file,
+    write_foreign,
+    write_settled,
+)
 
 MakeDs = Callable[..., Dataset]
 ERRNOS = [errno.ENOSPC, errno.EIO, errno.EACCES, errno.EMLINK, errno.EROFS]
@@ -215,3 +227,32 @@ def test_hostile_files_each_get_a_defined_outcome(tmp_path: Path, make_ds: MakeD
     everything = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert all(p.resolve().is_relative_to(root) for p in everything)  # 0 outside the archive
     assert report.committed + report.invalid + report.conflicts + report.duplicates == len(names)
+
+
+@pytest.mark.parametrize("size", ["200k", "400k", "700k"])
+def test_a_full_disk_in_copy_mode_then_a_rerun_records_every_file_once(
+    tmp_path: Path, make_ds: MakeDs, readonly_mount: Path, size: str
+) -> None:
+    """A real ENOSPC (a small tmpfs as the archive), anywhere in copying, linking or the
+    manifest: the rerun with room records each source once, every outcome naming the right
+    row (no duplicate of a file that has no committed row)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(readonly_mount)], check=True)
+    source, archive = tmp_path / "source", readonly_mount / "archive"
+    source.mkdir()
+    for i in range(12):
+        shutil.copyfile(wheel_file("CT_small.dcm"), source / f"ct{i}.dcm")  # identical: duplicates
+        write_foreign(source / f"s{i}.dcm", synthetic_dataset(ROOT, i, size=200))  # 80 KB each
+    with pytest.raises(DicomCommitError, match=r"No space left|full"):
+        ingest(source, archive, batch_size=5)
+    subprocess.run(["mount", "-o", "remount,size=16m", str(readonly_mount)], check=True)
+    ingest(source, archive)
+    with Manifest(archive) as manifest:
+        rows = manifest.records()
+    assert sorted(r.source for r in rows) == sorted(f"{source}/{p.name}" for p in source.iterdir())
+    committed = {r.path: r for r in rows if r.status == "committed"}
+    assert sorted(committed) == sorted(archive_files(archive))
+    for row in rows:
+        assert row.status in ("committed", "duplicate")
+        assert row.path in committed
+        if row.sha256 is not None:
+            assert sha256_of(archive / row.path) == row.sha256
