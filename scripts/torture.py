@@ -21,9 +21,7 @@ named step of the protocol (rotating through every step, at a random occurrence)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -32,14 +30,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pydicom
-
+from _torture_io import ROOT, child_env, file_sha, parses
 from dicomcommit import Manifest, Stager, commit
 from dicomcommit._faults import BATCH_POINTS, POINTS
 from dicomcommit.demo import plan_jobs, synthetic_dataset
 from dicomcommit.recovery import recover
 
-_ROOT = "1.2.826.0.1.3680043.10.5151"
 _SCRIPT = Path(__file__).resolve()
 
 
@@ -64,10 +60,10 @@ def child_stage(staging: str, ledger: str, seed: int, files: int) -> None:
     step = 4 if seed % 2 else 1
     with Stager(staging) as stager, open(ledger, "a") as out:
         for start in range(0, len(jobs), step):
-            datasets = [synthetic_dataset(_ROOT, index, variant) for index, variant in jobs[start : start + step]]
+            datasets = [synthetic_dataset(ROOT, index, variant) for index, variant in jobs[start : start + step]]
             paths = stager.stage_many(datasets) if step > 1 else [stager.stage(datasets[0])]
             for path in paths:
-                out.write(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n")
+                out.write(f"{path.name} {file_sha(path)}\n")
             out.flush()
 
 
@@ -77,11 +73,8 @@ def child_commit(staging: str, archive: str, batch: int) -> None:
 
 def _run_child(args: list[str], crash_at: str | None) -> bool:
     """Run this script as a child; True if it was killed at its crash point."""
-    env = {k: v for k, v in os.environ.items() if k != "DICOMCOMMIT_CRASH_AT"}
-    if crash_at:
-        env["DICOMCOMMIT_CRASH_AT"] = crash_at
-    result = subprocess.run([sys.executable, str(_SCRIPT), "--child", *args], env=env, capture_output=True,
-                            text=True, timeout=300, check=False)  # fmt: skip
+    result = subprocess.run([sys.executable, str(_SCRIPT), "--child", *args], env=child_env(crash_at),
+                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
     if result.returncode == -9:
         return True
     if result.returncode != 0:
@@ -116,7 +109,7 @@ def _inodes(archive: Path) -> dict[str, tuple[int, str]]:
     found = {}
     for rel in _archive_files(archive):
         path = archive / rel
-        found[rel] = (path.stat().st_ino, hashlib.sha256(path.read_bytes()).hexdigest())
+        found[rel] = (path.stat().st_ino, file_sha(path))
     return found
 
 
@@ -137,7 +130,7 @@ def _check(  # noqa: PLR0917 -- one trial's state, checked in one place
         rows = manifest.records()
     by_source = Counter(r.source for r in rows)
     committed = {r.target: r for r in rows if r.status == "committed"}
-    files = {rel: hashlib.sha256((archive / rel).read_bytes()).hexdigest() for rel in _archive_files(archive)}
+    files = {rel: file_sha(archive / rel) for rel in _archive_files(archive)}
 
     for name, sha in staged:
         mine = [r for r in rows if r.source == name]
@@ -155,7 +148,7 @@ def _check(  # noqa: PLR0917 -- one trial's state, checked in one place
 
     for rel, sha in files.items():
         owner = committed.get(rel)
-        if owner is None or owner.sha256 != sha or not _parses(archive / rel):
+        if owner is None or owner.sha256 != sha or not parses(archive / rel):
             totals.partial += 1
             totals.failures.append(f"{label}: {rel} is partial or unrecorded")
     for rel, (inode, sha) in seen.items():
@@ -175,17 +168,9 @@ def _check(  # noqa: PLR0917 -- one trial's state, checked in one place
 
 def _sha_of(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return file_sha(path)
     except FileNotFoundError:
         return None
-
-
-def _parses(path: Path) -> bool:
-    try:
-        pydicom.dcmread(path)
-    except Exception:  # any parse failure is a partial file here
-        return False
-    return True
 
 
 def run(trials: int, seed: int, files: int, directory: str | None) -> Totals:
