@@ -258,7 +258,15 @@ class DirTree:
         return CommitError(f"cannot open directory ({exc.strerror})", path, exc)
 
     def link_in(
-        self, src_dir_fd: int, src: str, dirs: tuple[str, ...], name: str, *, open_src: Callable[[], int], copy: bool
+        self,
+        src_dir_fd: int,
+        src: str,
+        dirs: tuple[str, ...],
+        name: str,
+        *,
+        open_src: Callable[[], int],
+        copy: bool,
+        nlink: int | None = None,
     ) -> Placed:
         """Give the file *src* the name *dirs*/*name* below the root, never clobbering.
 
@@ -277,7 +285,9 @@ class DirTree:
         placed = None
         # A file with other names (hard links) is copied: linked, it would share its inode
         # with a name outside the root, and truncating that name would empty ours.
-        copy = copy or os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_nlink > 1
+        if nlink is None:  # the caller's stat, when it has one, saves a syscall per file
+            nlink = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_nlink
+        copy = copy or nlink > 1
         if copy and _same_inode(src_dir_fd, src, dst_fd, name):
             return Placed.SAME_INODE
         if not copy:

@@ -466,7 +466,7 @@ class _Committer:
         # to it, with a file that has other hard links).
         try:
             placed = self.tree.link_in(self.staging_fd, staged.name, dirs, fname, open_src=partial(self._open, staged),
-                                       copy=self.mode == "copy")  # fmt: skip
+                                       copy=self.mode == "copy", nlink=staged.nlink)  # fmt: skip
         except DicomCommitError:
             raise
         except OSError as exc:
