@@ -2,15 +2,18 @@
 
 Per batch, under the archive lock:
 
-1. find each file's naming attributes (from the stager's journal, else its header: a
-   foreign file's pixel data is never read to name it); files whose bytes may not be
-   durable yet (foreign ones) are flushed together, once;
-2. render each target and hard-link the file there (``link`` fails if the name is taken);
+1. find each file's naming attributes: from the stager's journal while the file is
+   provably the one its line describes (inode, size, nanosecond mtime), else from its
+   header, once a foreign file has settled (``settle``) and is proven whole (declared
+   lengths against its size; its pixel data is never read to name it); files whose bytes
+   may not be durable yet (foreign ones) are flushed together, once;
+2. render each target and hard-link the file there (``link`` fails if the name is taken;
+   a file with other hard links is copied first, then linked);
 3. taken by our own inode: an interrupted earlier run already did it -> committed;
-   taken by identical bytes (hashes compared; a foreign file is hashed only now) ->
-   duplicate; by other bytes -> conflict, and the staged bytes
-   are linked into ``.dicomcommit/conflicts/`` (or, with ``on_conflict="suffix"``, under
-   a derived name);
+   taken by identical bytes (the staged file is always hashed now, whatever its journal
+   says) -> duplicate of the row that records them (committed, if none does); by other
+   bytes -> conflict, and the staged bytes are linked into ``.dicomcommit/conflicts/``
+   (or, with ``on_conflict="suffix"``, under a derived name);
 4. fsync every touched directory once, record the batch in the manifest in one
    transaction, and only then unlink the staged files.
 
