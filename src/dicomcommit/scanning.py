@@ -14,7 +14,6 @@ class Scan:
     """Regular files to commit (relative paths, sorted), and what is left alone, with why."""
 
     files: list[str] = field(default_factory=list)
-    _timed: list[tuple[int, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -31,13 +30,12 @@ def scan_staging(staging: Path, *, include_hidden: bool = False, skip_parts: boo
     Raises:
         OSError: *staging* itself cannot be read.
     """
-    scan = Scan()
-    _Walk(scan, include_hidden, skip_parts).walk(staging, "")
+    walk = _Walk(Scan(), include_hidden, skip_parts)
+    walk.walk(staging, "")
     # Oldest first, so the file staged first wins its name; ties by name, deterministically.
-    scan._timed.sort()
-    scan.files = [rel for _, rel in scan._timed]
-    scan._timed.clear()
-    return scan
+    walk.timed.sort()
+    walk.scan.files = [rel for _, rel in walk.timed]
+    return walk.scan
 
 
 @dataclass
@@ -45,6 +43,7 @@ class _Walk:
     scan: Scan
     include_hidden: bool
     skip_parts: bool
+    timed: list[tuple[int, str]] = field(default_factory=list)  # (mtime, name) of each file found
 
     def walk(self, directory: Path, prefix: str) -> None:
         try:
@@ -87,4 +86,4 @@ class _Walk:
         elif self.skip_parts and entry.name.endswith(PART_SUFFIX):
             self.scan.skipped.append((rel, "unfinished stage (.part)"))
         else:
-            self.scan._timed.append((entry.stat(follow_symlinks=False).st_mtime_ns, rel))
+            self.timed.append((entry.stat(follow_symlinks=False).st_mtime_ns, rel))
