@@ -677,3 +677,23 @@ def test_a_format_spec_that_overflows_renders_the_plain_value() -> None:
 def test_a_uid_is_never_formatted_as_a_number(spec: str) -> None:
     with pytest.raises(TemplateError, match=r"text value as a number|cut the value"):
         parse_template(f"{{SOPInstanceUID:{spec}}}")
+
+
+def test_a_decision_recorded_but_not_carried_out_is_shown_as_such_and_finished_by_recover(
+    dirs: tuple[Path, Path], make_ds: MakeDs, capsys: pytest.CaptureFixture[str]
+) -> None:
+    staging, archive = dirs
+    _two_conflicts(staging, archive, make_ds)
+    code = "import sys; from dicomcommit import resolve_many; resolve_many(sys.argv[1], 'existing')"
+    _killed(code, "resolve:after-link:1", str(archive))
+    with Manifest(archive) as manifest:
+        pending = [r for r in manifest.records("conflict") if r.resolution is not None]
+    assert pending  # the decision is in the manifest before any file was touched
+    assert main(["show", str(archive), str(pending[0].id)]) == 0
+    assert "not carried out yet" in capsys.readouterr().out
+    assert main(["resolve", str(archive), str(pending[0].id), "--keep", "both"]) == 2  # not another decision
+    report = recover(archive)
+    assert len(report.resolves_finished) == len(pending)
+    with Manifest(archive) as manifest:
+        assert all(manifest.get(r.id or 0).status == "resolved" for r in pending)
+    assert not recover(archive, check=True).needs_attention
