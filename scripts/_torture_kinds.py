@@ -14,17 +14,22 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from pydicom.data import get_testdata_file
 
 from _torture_io import ROOT, Env, Step, cli, encode, file_sha, read_rows, run_checked, write_old
 from dicomcommit import Stager, commit
 from dicomcommit._faults import POINTS
+from dicomcommit.committing import OnConflict
 from dicomcommit.demo import plan_jobs, synthetic_dataset
+from dicomcommit.naming import DEFAULT_TEMPLATE
 
 KINDS = ("commit", "ingest", "resolve", "recover")
 _SCRIPT = Path(__file__).resolve().with_name("torture_random.py")  # runs the children (--child)
 _COMMIT_POINTS = tuple(p for p in POINTS if p.startswith("commit:"))
+_ON_CONFLICT = ("record", "suffix")  # commit and recover trials draw one, and a template
+_TEMPLATES = (DEFAULT_TEMPLATE, "{PatientID}/{SeriesInstanceUID}/{InstanceNumber:04d}_{SOPInstanceUID}.dcm")
 
 
 @dataclass
@@ -94,6 +99,8 @@ class Trial:
     totals: KindTotals
     failures: list[str]
     shrink: float = 1.0
+    on_conflict: str = "record"  # every commit of the trial (its setup's, killed, reference, rerun)
+    template: str = DEFAULT_TEMPLATE
 
     @property
     def work(self) -> Path:
@@ -107,7 +114,9 @@ class Trial:
 # --- children -------------------------------------------------------------------------
 
 
-def child_stage(staging: str, archive: str, ledger: str, seed: int, files: int) -> None:
+def child_stage(
+    staging: str, archive: str, ledger: str, seed: int, files: int, *, template: str, on_conflict: str
+) -> None:
     """Stage a third of the jobs, commit them, stage the rest; log each returned name and hash."""
     jobs = plan_jobs(files, seed)
     first = len(jobs) // 3
@@ -121,7 +130,7 @@ def child_stage(staging: str, archive: str, ledger: str, seed: int, files: int) 
                 out.write(f"{path.name} {file_sha(path)}\n")
             out.flush()
             if round_ == 0:
-                commit(staging, archive, batch_size=7)
+                commit(staging, archive, template=template, on_conflict=cast("OnConflict", on_conflict), batch_size=7)
 
 
 def child_part(staging: str) -> None:
@@ -138,8 +147,15 @@ def _recover_step(base: Path, staging: bool = True) -> Step:
     return cli("recover", *where, "--part-age", "0"), (0,)
 
 
+def _draw_naming(t: Trial) -> None:
+    """The trial's --on-conflict and --template, for every commit it runs (recover finds them)."""
+    t.on_conflict, t.template = t.rng.choice(_ON_CONFLICT), t.rng.choice(_TEMPLATES)
+    template = "" if t.template == DEFAULT_TEMPLATE else f" --template {t.template}"
+    t.label += f" --on-conflict {t.on_conflict}{template}"
+
+
 def _commit_step(t: Trial, batch: str) -> Callable[[Path], Step]:
-    opts = t.env.commit_opts
+    opts = (*t.env.commit_opts, "--on-conflict", t.on_conflict, "--template", t.template)
 
     def step(base: Path) -> Step:
         return cli("commit", base / "staging", base / "archive", "--batch-size", batch, *opts), (0, 3)
@@ -152,7 +168,7 @@ def _stage_in_child(t: Trial) -> list[Expected]:
     (w / "staging").mkdir()
     ledger = w / "ledger.txt"
     ledger.touch()
-    args = [w / "staging", w / "archive", ledger, t.rng.randrange(1 << 30), t.files]
+    args = [w / "staging", w / "archive", ledger, t.rng.randrange(1 << 30), t.files, t.template, t.on_conflict]
     run_checked([sys.executable, str(_SCRIPT), "--child", "stage", *map(str, args)], (0,), w)
     lines = [line.split() for line in ledger.read_text().splitlines() if line.strip()]
     return [Expected(name, f"staging/{name}", sha) for name, sha in lines]
@@ -180,12 +196,14 @@ def _foreign_into_staging(t: Trial) -> list[Expected]:
 
 
 def plan_commit(t: Trial) -> Plan:
+    _draw_naming(t)
     expected = _stage_in_child(t)
     expected += _foreign_into_staging(t)
     return Plan(_commit_step(t, t.rng.choice(("1", "3", "8", "2000"))), True, expected, files=len(expected))
 
 
 def plan_recover(t: Trial) -> Plan:
+    _draw_naming(t)  # for the commits; recover, killed and after the kill, is given neither
     expected = _stage_in_child(t)
     expected += _foreign_into_staging(t)
     w = t.work
@@ -249,6 +267,7 @@ def plan_resolve(t: Trial) -> Plan:
         stager.stage(synthetic_dataset(ROOT, picks[0], 1))  # the same conflict staged twice
         stager.stage(synthetic_dataset(ROOT, picks[1], 2))  # a second conflict on one name
         stager.stage(synthetic_dataset(ROOT, n, 1))  # a conflict with a foreign file
+        stager.stage(synthetic_dataset(ROOT, picks[2], 0))  # a duplicate of a file --keep staged replaces
     commit(staging, archive)
     keep = rng.choice(("staged", "existing", "both"))
     t.label += f" --keep {keep}"

@@ -9,12 +9,15 @@ Four kinds of trial, in turn:
 - commit: a child process stages datasets (identical duplicates, conflicting versions) and
   commits a third of them; foreign files (some duplicates or conflicts of staged ones, two
   pydicom test files, one file that is not DICOM), an hour old, are copied into staging
-  and a nested folder of it; then ``commit STAGING ARCHIVE`` is killed.
+  and a nested folder of it; then ``commit STAGING ARCHIVE`` is killed. Each commit and recover
+  trial draws ``--on-conflict record|suffix`` and a template (the default, or one that
+  names by InstanceNumber) for every commit it runs; recover is given neither.
 - ingest: a source tree (nested folders, odd names, a hidden folder, identical copies,
   conflicting versions of one SOP Instance UID, files that are not DICOM) goes into an
   archive that already holds some of it; ``ingest SOURCE ARCHIVE --move`` is killed.
 - resolve: an archive with several open conflicts (two on one name, one staged twice, one
-  against a foreign file); ``resolve ARCHIVE --all --keep staged|existing|both`` is killed.
+  against a foreign file, one whose existing file has a duplicate row); ``resolve ARCHIVE
+  --all --keep staged|existing|both`` is killed.
 - recover: staged as for commit, plus a stager killed at a named step (a ``.part`` left);
   a commit killed at a named step of the protocol; then ``recover ARCHIVE STAGING
   --part-age 0`` is killed.
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         if argv[1] == "stage":
-            child_stage(argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]))
+            child_stage(argv[2], argv[3], argv[4], int(argv[5]), int(argv[6]), template=argv[7], on_conflict=argv[8])
         else:
             child_part(argv[2])
         return 0
