@@ -251,8 +251,8 @@ def test_staged_files_are_committed_without_reading_their_headers(
     def no_parsing(*args: object) -> None:
         raise AssertionError("commit re-parsed a header the stager had recorded")
 
-    monkeypatch.setattr("dicomcommit.committing.read_attrs", no_parsing)
-    monkeypatch.setattr("dicomcommit.committing.read_foreign", no_parsing)
+    monkeypatch.setattr("dicomcommit.describing.read_attrs", no_parsing)
+    monkeypatch.setattr("dicomcommit.describing.read_foreign", no_parsing)
     assert commit(staging, archive).committed == 5
 
 

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -36,12 +34,13 @@ from typing import Literal, TypeVar
 from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.archive import archive_lock, check_dirs, check_lock_timeout, check_seconds, new_run_id
+from dicomcommit.describing import Describer, Staged
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError, names_os_errors
-from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs, read_foreign, sha256_at
+from dicomcommit.headers import Described, sha256_at
 from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
 from dicomcommit.manifest import FOUND_IN_ARCHIVE, Manifest, Record
-from dicomcommit.naming import DEFAULT_TEMPLATE, Attrs, Template, derived_name, parse_template
+from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template
 from dicomcommit.outcomes import CommitReport
 from dicomcommit.planning import plan
 from dicomcommit.scanning import scan_staging
@@ -142,23 +141,6 @@ def commit_names(
     committer.run(names, batch_size, lock_timeout, progress)
 
 
-@dataclass
-class _Staged:
-    """One staged file and what naming needs; opened only when its bytes must be read."""
-
-    name: str
-    size: int
-    mtime_ns: int = 0  # when its bytes last changed
-    nlink: int = 1  # more than 1: other names share its inode (copied, never linked)
-    sha256: str | None = None  # hashed from its bytes, when a comparison needs it
-    claimed: str | None = None  # the hash its journal line claims (trusted only to commit it)
-    attrs: Attrs = field(default_factory=dict)
-    unsynced: bool = False  # its bytes may not be durable yet
-    invalid: str | None = None  # why it is not DICOM we can name
-    left: str | None = None  # why it stays where it is for now (too young to be complete)
-    fd: int | None = None
-
-
 class _Committer:
     """Commits files from *staging* (a staging directory, or an ingest source).
 
@@ -183,11 +165,12 @@ class _Committer:
     ) -> None:
         self.staging, self.archive, self.template = staging, archive, template
         self.on_conflict, self.durable, self.report = on_conflict, durable, report
-        self.mode, self.settle_ns = mode, int(settle * 1e9)
+        self.mode = mode
         self.placed: set[str] = set()  # archive paths this batch committed (their rows are not in yet)
-        self.described = described or {}
         self.prefix = "" if mode == "staging" else f"{staging}/"
         self.journal = JournalIndex(staging) if mode == "staging" else None  # ingest sources have none
+        self.facts = Describer(staging, template.keywords, journal=self.journal, copy=mode == "copy", settle=settle,
+                               described=described)  # fmt: skip
 
     def run(self, names: list[str], batch_size: int, lock_timeout: float | None, progress: Progress | None) -> None:
         lock = archive_lock(self.archive, lock_timeout)
@@ -213,11 +196,11 @@ class _Committer:
         if self.journal is not None:
             self.journal.refresh()
         self.tree = _fs.DirTree(self.archive, durable=self.durable, tmp=TMP_DIR)
-        self.staging_fd = _fs.open_root(self.staging)
+        self.staging_fd = self.facts.dir_fd = _fs.open_root(self.staging)
         self.placed.clear()
         done: list[tuple[Record, str]] = []
         try:
-            described = (self._guarded(name, partial(self._describe, name)) for name in names)
+            described = (self._guarded(name, partial(self.facts.describe, name)) for name in names)
             batch = [staged for staged in described if staged is not None]
             unsynced = [staged.name for staged in batch if staged.unsynced]
             if self.durable and unsynced:
@@ -266,13 +249,13 @@ class _Committer:
         except OSError as exc:
             raise CommitError(f"cannot commit staged file ({exc.strerror})", self.staging / name, exc) from exc
 
-    def _outcome(self, staged: _Staged) -> Record | None:
+    def _outcome(self, staged: Staged) -> Record | None:
         try:
             return self._decide(staged)
         finally:
-            self._close(staged)
+            staged.close()
 
-    def _decide(self, staged: _Staged) -> Record | None:
+    def _decide(self, staged: Staged) -> Record | None:
         if staged.left is not None:
             self.report.left_in_place.append((staged.name, staged.left))
             log.info("left in %s for a later run: %s (%s)", self.staging, staged.name, staged.left)
@@ -284,81 +267,14 @@ class _Committer:
         self.report.left_in_place.append((staged.name, staged.invalid))
         return None
 
-    def _open(self, staged: _Staged) -> int:
-        if staged.fd is None:
-            staged.fd = _fs.open_read(staged.name, self.staging_fd)
-        return staged.fd
-
-    def _close(self, staged: _Staged) -> None:
-        if staged.fd is not None:
-            os.close(staged.fd)
-            staged.fd = None
-
-    def _describe(self, name: str) -> _Staged | None:
-        """Size and attributes: from the journal (fast path), else from the file itself."""
-        try:
-            st = os.stat(name, dir_fd=self.staging_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None  # another committer took it
-        if not stat.S_ISREG(st.st_mode):
-            return None  # swapped for something else since the scan; left in place
-        staged = _Staged(name, st.st_size, st.st_mtime_ns, st.st_nlink)
-        known = self.described.pop(name, None)
-        if known is not None and known.size == st.st_size and not self._too_young(staged):
-            staged.attrs, staged.invalid = known.attrs, known.invalid
-            staged.unsynced = self.mode != "copy"
-            return staged
-        record = None if self.journal is None else self.journal.get(name)
-        if record is not None and record.describes(st):
-            staged.claimed, staged.unsynced = record.sha256, not record.durable
-            if record.covers(self.template.keywords):
-                staged.attrs = record.attrs
-                return staged
-            return self._read_header(staged, whole=True)  # a stager's file is complete
-        return self._read_foreign(staged)
-
-    def _read_foreign(self, staged: _Staged) -> _Staged:
-        """Name a file no stager vouches for from its header, once it has settled."""
-        return staged if self._too_young(staged) else self._read_header(staged, whole=False)
-
-    def _too_young(self, staged: _Staged) -> bool:
-        """Whether a foreign file changed less than the settle time ago (then it stays for now)."""
-        age = time.time_ns() - staged.mtime_ns
-        if age >= self.settle_ns:
-            return False
-        staged.left = (f"modified {max(age, 0) / 1e9:.1f} s ago, may still be written; "
-                       f"taken once unchanged for {self.settle_ns / 1e9:g} s")  # fmt: skip
-        return True
-
-    def _read_header(self, staged: _Staged, *, whole: bool) -> _Staged:
-        """Name a file from its header; unless it is known *whole*, prove it is first."""
-        read = read_attrs if whole else read_foreign
-        try:
-            fd = self._open(staged)
-            # A foreign writer may not have made its bytes durable; copies are fsynced themselves.
-            staged.unsynced = self.mode != "copy"
-            try:
-                staged.attrs = read(fd, self.template.keywords, name=str(self.staging / staged.name))
-            except NotDicom as exc:
-                staged.invalid = str(exc)
-        finally:
-            self._close(staged)  # a batch keeps no fds open; EXDEV copies reopen
-        return staged
-
-    def _sha256(self, staged: _Staged) -> str:
-        """The hash of the staged file's bytes (read once; never taken from the journal)."""
-        if staged.sha256 is None:
-            staged.sha256, _ = hash_file(self._open(staged))
-        return staged.sha256
-
-    def _place(self, staged: _Staged) -> Record | None:
+    def _place(self, staged: Staged) -> Record | None:
         target = self.template.render(staged.attrs)
         dirs, fname = _fs.split_rel(target)
         placed = self._link(staged, dirs, fname)
         if placed is not _fs.Placed.EXISTS:
             return self._committed(staged, target, target, placed)
         existing = self._existing_sha256(dirs, fname)
-        sha256 = self._sha256(staged)
+        sha256 = staged.hash(self.staging_fd)
         if staged.claimed is not None and staged.claimed != sha256:
             return self._journal_was_wrong(staged)
         if existing == sha256:
@@ -371,21 +287,21 @@ class _Committer:
                 return record
         return self._keep_conflict(staged, target, existing)
 
-    def _journal_was_wrong(self, staged: _Staged) -> Record | None:
+    def _journal_was_wrong(self, staged: Staged) -> Record | None:
         """The journal's line does not describe these bytes (edited after staging, or a false
         line): nothing of it is used; the file is named from its own header, as a foreign one."""
         log.warning("%s: its bytes are not the ones its journal line describes; named from its header",
                     self.staging / staged.name)  # fmt: skip
         staged.claimed = None
         staged.attrs = {}
-        self._read_foreign(staged)
+        self.facts.read_foreign(staged)
         if self.durable and staged.unsynced and staged.left is None:
             _fs.flush_files(self.staging_fd, [staged.name])  # bytes durable before any name
         return self._decide(staged)
 
     def _committed(
         self,
-        staged: _Staged,
+        staged: Staged,
         target: str,
         path: str,
         placed: _fs.Placed,
@@ -402,13 +318,13 @@ class _Committer:
         self.placed.add(path)
         return self._record(staged, "committed", target, path, detail="; ".join(notes), existing=existing)
 
-    def _identical(self, staged: _Staged, target: str, path: str, *, detail: str) -> Record:
+    def _identical(self, staged: Staged, target: str, path: str, *, detail: str) -> Record:
         """The same bytes are at *path* already."""
         how = "identical bytes were already there with no manifest row (an interrupted earlier run); recorded now"
         return self._already_there(staged, target, path, how=how, duplicate=detail)
 
     def _already_there(
-        self, staged: _Staged, target: str, path: str, *, how: str, duplicate: str, linked: bool = False
+        self, staged: Staged, target: str, path: str, *, how: str, duplicate: str, linked: bool = False
     ) -> Record:
         """This file's bytes are at *path* already (our own earlier link, or identical bytes):
         a duplicate of the row that records them; or, when no row does (an interrupted run
@@ -427,8 +343,8 @@ class _Committer:
         committed = self._record(staged, "committed", target, path, detail=how)
         return committed if recorded is None else replace(committed, id=recorded.id)
 
-    def _commit_suffixed(self, staged: _Staged, target: str, existing: str | None) -> Record | None:
-        derived_rel = derived_name(target, self._sha256(staged))
+    def _commit_suffixed(self, staged: Staged, target: str, existing: str | None) -> Record | None:
+        derived_rel = derived_name(target, staged.hash(self.staging_fd))
         dirs, derived = _fs.split_rel(derived_rel)
         placed = self._link(staged, dirs, derived)
         if placed is not _fs.Placed.EXISTS:
@@ -438,8 +354,8 @@ class _Committer:
             return self._identical(staged, target, derived_rel, detail="identical file already at the derived name")
         return None
 
-    def _keep_conflict(self, staged: _Staged, target: str, existing: str | None) -> Record:
-        fname = f"{self._sha256(staged)}.dcm"
+    def _keep_conflict(self, staged: Staged, target: str, existing: str | None) -> Record:
+        fname = f"{staged.hash(self.staging_fd)}.dcm"
         path = "/".join((*CONFLICTS_DIR, fname))
         if self._link(staged, CONFLICTS_DIR, fname) is _fs.Placed.EXISTS and self._open_conflict(path):
             # conflict copies are named by their hash: these bytes are already kept, and reviewed
@@ -450,8 +366,8 @@ class _Committer:
         self.placed.add(path)
         return self._record(staged, "conflict", target, path, detail=f"the target holds {what}", existing=existing)
 
-    def _set_aside(self, staged: _Staged, reason: str) -> Record:
-        fname = self._sha256(staged)
+    def _set_aside(self, staged: Staged, reason: str) -> Record:
+        fname = staged.hash(self.staging_fd)
         self._link(staged, INVALID_DIR, fname)  # named by hash: an identical copy is already kept
         return self._record(staged, "invalid", None, "/".join((*INVALID_DIR, fname)), detail=reason)
 
@@ -464,12 +380,13 @@ class _Committer:
         """Whether a conflict row (in this batch or the manifest) keeps the bytes at *path*."""
         return path in self.placed or bool(self.manifest.records("conflict", path=path))
 
-    def _link(self, staged: _Staged, dirs: tuple[str, ...], fname: str) -> _fs.Placed:
+    def _link(self, staged: Staged, dirs: tuple[str, ...], fname: str) -> _fs.Placed:
         # The archive never shares an inode with a tree ingest copies from (nor, link_in sees
         # to it, with a file that has other hard links).
         try:
-            placed = self.tree.link_in(self.staging_fd, staged.name, dirs, fname, open_src=partial(self._open, staged),
-                                       copy=self.mode == "copy", nlink=staged.nlink)  # fmt: skip
+            placed = self.tree.link_in(self.staging_fd, staged.name, dirs, fname,
+                                       open_src=partial(staged.open, self.staging_fd), copy=self.mode == "copy",
+                                       nlink=staged.nlink)  # fmt: skip
         except DicomCommitError:
             raise
         except OSError as exc:
@@ -484,7 +401,7 @@ class _Committer:
         return sha256_at(fname, dir_fd=self.tree.dir_fd(dirs))
 
     def _record(
-        self, staged: _Staged, status: str, target: str | None, path: str, *, detail: str, existing: str | None = None
+        self, staged: Staged, status: str, target: str | None, path: str, *, detail: str, existing: str | None = None
     ) -> Record:
         attrs = {k: staged.attrs.get(k) for k in self.template.keywords}
         return Record(

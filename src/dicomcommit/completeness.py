@@ -289,9 +289,7 @@ def _walk_explicit(w: _Walker, pos: int, little: bool, top: bool) -> int:
             stop = len(buf) - 8
         group, elem, vr, length = header(buf, off)
         if top and (group == 0 or group >= _ITEM_GROUP):
-            if group == elem == 0 and w.zeros_to_end(base + off):
-                return w.padding_end(base + off, first=first)
-            raise _misplaced(w, base + off, (group, elem))
+            return _padding_or_misplaced(w, base + off, (group, elem), first=first)
         first = False  # pydicom reads tags out of order too: only their groups are checked
         hs = sizes[vr]
         if hs == 8:
@@ -332,9 +330,7 @@ def _walk_implicit(w: _Walker, pos: int, little: bool, top: bool) -> int:
             stop = len(buf) - 8
         group, elem, length = header(buf, off)
         if top and (group == 0 or group >= _ITEM_GROUP):
-            if group == elem == 0 and w.zeros_to_end(base + off):
-                return w.padding_end(base + off, first=first)
-            raise _misplaced(w, base + off, (group, elem))
+            return _padding_or_misplaced(w, base + off, (group, elem), first=first)
         first = False  # pydicom reads tags out of order too: only their groups are checked
         if not top and group == _ITEM_GROUP:
             if elem == _ITEM_END_ELEM:
@@ -401,6 +397,18 @@ def _walk_items(w: _Walker, pos: int, little: bool, implicit: bool, fragments: b
             pos = _walk_implicit(w, pos + 8, little, top=False)
         else:
             pos = _walk_explicit(w, pos + 8, little, top=False)
+
+
+def _padding_or_misplaced(w: _Walker, pos: int, tag: tuple[int, int], *, first: bool) -> int:
+    """At the top level, a tag no data element has: NUL padding to the end of the file (the
+    data set ends at *pos*, as pydicom reads it), or a data set that cannot be parsed.
+
+    Raises:
+        Incomplete: not padding, or padding with no data set before it.
+    """
+    if tag == (0, 0) and w.zeros_to_end(pos):
+        return w.padding_end(pos, first=first)
+    raise _misplaced(w, pos, tag)
 
 
 def _misplaced(w: _Walker, pos: int, tag: tuple[int, int]) -> Incomplete:
