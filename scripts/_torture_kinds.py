@@ -21,8 +21,8 @@ from pydicom.data import get_testdata_file
 from _torture_io import ROOT, Env, Step, cli, encode, file_sha, read_rows, run_checked, write_old
 from dicomcommit import Stager, commit
 from dicomcommit._faults import POINTS
-from dicomcommit.committing import OnConflict
-from dicomcommit.demo import plan_jobs, synthetic_dataset
+from dicomcommit.cli.demo import plan_jobs, synthetic_dataset
+from dicomcommit.committing.driver import OnConflict
 from dicomcommit.naming import DEFAULT_TEMPLATE
 
 KINDS = ("commit", "ingest", "resolve", "recover")

@@ -31,8 +31,8 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomcommit import Stager, commit
-from dicomcommit.demo import synthetic_dataset
-from dicomcommit.manifest import Manifest
+from dicomcommit.cli.demo import synthetic_dataset
+from dicomcommit.manifests.sqlite import Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
 
 Variant = tuple[Callable[[], Any], Callable[[Any], None]]  # (prepare, timed)

@@ -33,8 +33,8 @@ from pathlib import Path
 from _torture_io import ROOT, child_env, file_sha, parses
 from dicomcommit import Manifest, Stager, commit
 from dicomcommit._faults import BATCH_POINTS, POINTS
-from dicomcommit.demo import plan_jobs, synthetic_dataset
-from dicomcommit.recovery import recover
+from dicomcommit.cli.demo import plan_jobs, synthetic_dataset
+from dicomcommit.committing.recover import recover
 
 _SCRIPT = Path(__file__).resolve()
 

@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import Stager
-from dicomcommit.cli import main
+from dicomcommit.cli.main import main
 from tests.conftest import archive_files, staged_files, write_settled
 
 MakeDs = Callable[..., Dataset]

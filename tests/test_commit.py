@@ -25,9 +25,9 @@ from dicomcommit import (
     UsageError,
     commit,
 )
-from dicomcommit import headers as headers_module
 from dicomcommit._faults import BATCH_POINTS, POINTS
-from dicomcommit.demo import synthetic_dataset
+from dicomcommit.cli.demo import synthetic_dataset
+from dicomcommit.dicom import headers as headers_module
 from tests.conftest import ROOT, archive_files, copy_in, sha256_of, staged_files, write_foreign, write_settled
 
 MakeDs = Callable[..., Dataset]
@@ -251,8 +251,8 @@ def test_staged_files_are_committed_without_reading_their_headers(
     def no_parsing(*args: object) -> None:
         raise AssertionError("commit re-parsed a header the stager had recorded")
 
-    monkeypatch.setattr("dicomcommit.describing.read_attrs", no_parsing)
-    monkeypatch.setattr("dicomcommit.describing.read_foreign", no_parsing)
+    monkeypatch.setattr("dicomcommit.committing.describing.read_attrs", no_parsing)
+    monkeypatch.setattr("dicomcommit.committing.describing.read_foreign", no_parsing)
     assert commit(staging, archive).committed == 5
 
 

@@ -24,7 +24,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from dicomcommit.completeness import Incomplete, check_complete
+from dicomcommit.dicom.completeness import Incomplete, check_complete
 
 PREAMBLE = bytes(128) + b"DICM"
 TRUNCATED = re.compile(r"truncated at byte (\d+)(?: of (\d+)|: the deflated data set does not end)")

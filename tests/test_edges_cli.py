@@ -27,14 +27,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from dicomcommit import Manifest, Stager, cli, commit
-from dicomcommit.archive import archive_lock
-from dicomcommit.cli import main
-from dicomcommit.display import printable
+import dicomcommit.cli.main as cli
+from dicomcommit import Manifest, Stager, commit
+from dicomcommit.archives.filesystem import archive_lock
+from dicomcommit.cli.display import printable
+from dicomcommit.cli.main import main
+from dicomcommit.committing.ingest import ingest, usable_cpus
+from dicomcommit.committing.recover import recover
 from dicomcommit.errors import UsageError
-from dicomcommit.ingesting import ingest, usable_cpus
-from dicomcommit.recovery import recover
-from dicomcommit.review import diff_files
+from dicomcommit.review.show import diff_files
 from dicomcommit.scanning import scan_staging
 from tests.conftest import wheel_file
 

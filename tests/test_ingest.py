@@ -12,8 +12,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import Manifest
-from dicomcommit.cli import main
-from dicomcommit.ingesting import ingest, usable_cpus
+from dicomcommit.cli.main import main
+from dicomcommit.committing.ingest import ingest, usable_cpus
 from tests.conftest import archive_files, copy_in, sha256_of, write_foreign
 
 MakeDs = Callable[..., Dataset]

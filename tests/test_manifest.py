@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from dicomcommit import Manifest, Record
 from dicomcommit.errors import ManifestError
-from dicomcommit.manifest import _attrs_json
+from dicomcommit.manifests.sqlite import _attrs_json
 
 # The schema of dicomcommit's first manifests, as they were written.
 _VERSION_1 = """

@@ -12,8 +12,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import Manifest, Stager, UsageError, commit
-from dicomcommit.cli import main
-from dicomcommit.recovery import recover
+from dicomcommit.cli.main import main
+from dicomcommit.committing.recover import recover
 from tests.conftest import archive_files, sha256_of, staged_files, write_foreign
 
 MakeDs = Callable[..., Dataset]

@@ -16,8 +16,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import Stager, commit
-from dicomcommit.cli import main
-from dicomcommit.report import THUMBNAIL, write_report
+from dicomcommit.cli.main import main
+from dicomcommit.review.report import THUMBNAIL, write_report
 from tests.conftest import wheel_file
 
 MakeDs = Callable[..., Dataset]

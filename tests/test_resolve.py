@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset
 
 from dicomcommit import Manifest, Stager, UsageError, commit
 from dicomcommit._faults import RESOLVE_POINTS
-from dicomcommit.cli import main
-from dicomcommit.resolving import Keep, resolve, resolve_many
-from dicomcommit.review import show
+from dicomcommit.cli.main import main
+from dicomcommit.committing.resolve import Keep, resolve, resolve_many
+from dicomcommit.review.show import show
 from tests.conftest import archive_files, sha256_of, write_foreign
 
 MakeDs = Callable[..., Dataset]
@@ -177,7 +177,7 @@ def test_a_killed_resolve_is_finished_by_a_rerun(
     old = sha256_of(target)
     with Manifest(archive) as manifest:
         staged_sha = manifest.get(ids[1]).sha256
-    code = "import sys; from dicomcommit.resolving import resolve; resolve(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
+    code = "import sys; from dicomcommit import resolve; resolve(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
     env = {**os.environ, "DICOMCOMMIT_CRASH_AT": f"{point}:1"}
     killed = subprocess.run([sys.executable, "-c", code, str(archive), str(ids[1]), keep], env=env, check=False)
     on_path = point != "resolve:after-rename" or keep == "staged"  # only a swap renames

@@ -9,7 +9,11 @@ same name are kept as conflicts in the :class:`Manifest`, for a person to :func:
 
 from __future__ import annotations
 
-from dicomcommit.committing import commit
+from dicomcommit.committing.driver import commit
+from dicomcommit.committing.ingest import ingest
+from dicomcommit.committing.outcomes import CommitReport
+from dicomcommit.committing.recover import RecoverReport, recover
+from dicomcommit.committing.resolve import resolve, resolve_many
 from dicomcommit.errors import (
     CommitError,
     ConflictError,
@@ -24,16 +28,12 @@ from dicomcommit.errors import (
     TemplateError,
     UsageError,
 )
-from dicomcommit.ingesting import ingest
-from dicomcommit.manifest import Manifest, Record
+from dicomcommit.manifests.sqlite import Manifest, Record
 from dicomcommit.naming import DEFAULT_TEMPLATE, MISSING
-from dicomcommit.outcomes import CommitReport
-from dicomcommit.recovery import RecoverReport, recover
-from dicomcommit.report import write_report
-from dicomcommit.resolving import resolve, resolve_many
-from dicomcommit.review import show
-from dicomcommit.staging import Stager
-from dicomcommit.writing import dcmwrite
+from dicomcommit.review.report import write_report
+from dicomcommit.review.show import show
+from dicomcommit.staging.stager import Stager
+from dicomcommit.staging.writing import dcmwrite
 
 __all__ = [
     "DEFAULT_TEMPLATE",

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from dicomcommit.cli import main
+from dicomcommit.cli.main import main
 
 sys.exit(main())

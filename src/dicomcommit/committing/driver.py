@@ -33,17 +33,17 @@ from typing import Literal, TypeVar
 
 from dicomcommit import _fs
 from dicomcommit._faults import point
-from dicomcommit.archive import archive_lock, check_dirs, check_lock_timeout, check_seconds, new_run_id
-from dicomcommit.describing import Describer, Staged
+from dicomcommit.archives.filesystem import archive_lock, check_dirs, check_lock_timeout, check_seconds, new_run_id
+from dicomcommit.committing.describing import Describer, Staged
+from dicomcommit.committing.outcomes import CommitReport
+from dicomcommit.committing.planning import plan
+from dicomcommit.dicom.headers import Described, sha256_at
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError, names_os_errors
-from dicomcommit.headers import Described, sha256_at
-from dicomcommit.journal import JournalIndex
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
-from dicomcommit.manifest import FOUND_IN_ARCHIVE, Manifest, Record
+from dicomcommit.manifests.sqlite import FOUND_IN_ARCHIVE, Manifest, Record
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template
-from dicomcommit.outcomes import CommitReport
-from dicomcommit.planning import plan
 from dicomcommit.scanning import scan_staging
+from dicomcommit.staging.journal import JournalIndex
 
 log = logging.getLogger("dicomcommit")
 

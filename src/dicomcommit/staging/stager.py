@@ -19,12 +19,12 @@ from pydicom.dataset import Dataset
 
 from dicomcommit import _fs
 from dicomcommit._faults import point
+from dicomcommit.dicom.headers import NotDicom, attrs_from_bytes
 from dicomcommit.errors import EncodeError, StageError, UsageError
-from dicomcommit.headers import NotDicom, attrs_from_bytes
-from dicomcommit.journal import JournalWriter, StagedRecord, part_name
 from dicomcommit.layout import STAGED_SUFFIX
 from dicomcommit.naming import COMMON_KEYWORDS, Attrs
-from dicomcommit.writing import encode
+from dicomcommit.staging.journal import JournalWriter, StagedRecord, part_name
+from dicomcommit.staging.writing import encode
 
 _MAX_PENDING = 16
 _SETTLE_EVERY = 64  # stage_many: files made durable by one flush

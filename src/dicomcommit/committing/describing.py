@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomcommit import _fs
-from dicomcommit.headers import Described, NotDicom, hash_file, read_attrs, read_foreign
-from dicomcommit.journal import JournalIndex
+from dicomcommit.dicom.headers import Described, NotDicom, hash_file, read_attrs, read_foreign
 from dicomcommit.naming import Attrs
+from dicomcommit.staging.journal import JournalIndex
 
 
 @dataclass

@@ -13,7 +13,7 @@ After a crash anywhere, rerunning commit already converges. ``recover`` also:
 - with ``verify``, hashes every recorded file, and fills in the hash of rows that have
   none (foreign files that commit named from their header alone);
 - with ``rebuild_manifest``, sets a damaged manifest aside and rebuilds its rows from the
-  archive tree (see :mod:`dicomcommit.rebuilding`).
+  archive tree (see :mod:`dicomcommit.committing.rebuild`).
 
 The lock is never deleted: a lock held by a dead process is released by the kernel.
 """
@@ -28,18 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from dicomcommit import _fs
-from dicomcommit.archive import archive_lock, check_seconds, new_run_id
-from dicomcommit.committing import OnConflict, commit_names
+from dicomcommit.archives.filesystem import archive_lock, check_seconds, new_run_id
+from dicomcommit.committing.driver import OnConflict, commit_names
+from dicomcommit.committing.outcomes import CommitReport
+from dicomcommit.committing.rebuild import rebuild
+from dicomcommit.committing.resolve import KEEP_CHOICES, resolve
+from dicomcommit.dicom.headers import NotDicom, hash_at, hash_file, read_attrs, sha256_at
 from dicomcommit.errors import UsageError
-from dicomcommit.headers import NotDicom, hash_at, hash_file, read_attrs, sha256_at
-from dicomcommit.journal import JournalIndex, owner_alive, part_owner
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, PART_SUFFIX, STATE_DIR, TMP_DIR
-from dicomcommit.manifest import FOUND_IN_ARCHIVE, Manifest, Record, now
+from dicomcommit.manifests.sqlite import FOUND_IN_ARCHIVE, Manifest, Record, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template
-from dicomcommit.outcomes import CommitReport
-from dicomcommit.rebuilding import rebuild
-from dicomcommit.resolving import KEEP_CHOICES, resolve
 from dicomcommit.scanning import scan_staging
+from dicomcommit.staging.journal import JournalIndex, owner_alive, part_owner
 
 DEFAULT_PART_AGE = 3600.0
 

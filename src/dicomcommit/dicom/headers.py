@@ -26,9 +26,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 
-from dicomcommit.completeness import Incomplete, check_complete
+from dicomcommit.dicom.completeness import Incomplete, check_complete
+from dicomcommit.dicom.rawheader import NeedMoreBytes, Unsupported, scan
 from dicomcommit.naming import Attrs, attrs_from_dataset
-from dicomcommit.rawheader import NeedMoreBytes, Unsupported, scan
 
 _CHUNK = 1 << 20
 _RAW_READS = (4096, 65536)  # most headers fit the first; a few long ones the second
@@ -116,7 +116,7 @@ def read_attrs(fd: int, keywords: Sequence[str], *, name: str = "") -> Attrs:
     """Read the values of *keywords* from the DICOM file open at *fd*.
 
     The same values as :func:`attrs_from_bytes` gives for the file's bytes. The common
-    layouts are located by :mod:`dicomcommit.rawheader` in the first 4 KiB (or 64 KiB);
+    layouts are located by :mod:`dicomcommit.dicom.rawheader` in the first 4 KiB (or 64 KiB);
     pydicom reads the rest, stopping at the first top-level element past the last tag
     needed, so the bytes read do not grow with the pixel data. *name* names the file in
     the lines logged for pydicom's warnings.

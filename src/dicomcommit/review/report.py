@@ -18,9 +18,9 @@ import numpy as np
 import pydicom
 from pydicom.pixels.processing import apply_modality_lut
 
-from dicomcommit.manifest import Manifest, Record
-from dicomcommit.review import Loaded, diff_loaded, load, warnings_logged
-from dicomcommit.writing import write_file
+from dicomcommit.manifests.sqlite import Manifest, Record
+from dicomcommit.review.show import Loaded, diff_loaded, load, warnings_logged
+from dicomcommit.staging.writing import write_file
 
 THUMBNAIL = 192  # pixels, the longer side
 _REASON_WIDTH = 200  # characters of a decoder's message: about what the placeholder box holds

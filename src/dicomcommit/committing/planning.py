@@ -10,12 +10,12 @@ import os
 import time
 from pathlib import Path
 
-from dicomcommit.headers import NotDicom, read_attrs, read_foreign, sha256_at
-from dicomcommit.journal import JournalIndex
+from dicomcommit.committing.outcomes import CommitReport
+from dicomcommit.dicom.headers import NotDicom, read_attrs, read_foreign, sha256_at
 from dicomcommit.layout import CONFLICTS_DIR
-from dicomcommit.manifest import Record
+from dicomcommit.manifests.sqlite import Record
 from dicomcommit.naming import Template
-from dicomcommit.outcomes import CommitReport
+from dicomcommit.staging.journal import JournalIndex
 
 
 def plan(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomcommit.manifest import Record
+from dicomcommit.manifests.sqlite import Record
 
 _REVIEW = frozenset({"conflict", "invalid"})
 _COUNTED = {"committed": "committed", "duplicate": "duplicates", "conflict": "conflicts", "invalid": "invalid"}

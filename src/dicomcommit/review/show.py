@@ -15,8 +15,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicomcommit.headers import hash_at
-from dicomcommit.manifest import Manifest, Record
+from dicomcommit.dicom.headers import hash_at
+from dicomcommit.manifests.sqlite import Manifest, Record
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 VALUE_WIDTH = 64

@@ -18,9 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-from dicomcommit.committing import DEFAULT_BATCH, DEFAULT_SETTLE, ON_CONFLICT_CHOICES, commit
-from dicomcommit.demo import run_demo
-from dicomcommit.display import (
+from dicomcommit.cli.demo import run_demo
+from dicomcommit.cli.display import (
     PrintableFormatter,
     print_csv,
     print_recovery,
@@ -29,15 +28,16 @@ from dicomcommit.display import (
     print_table,
     printable,
 )
+from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, ON_CONFLICT_CHOICES, commit
+from dicomcommit.committing.ingest import ingest
+from dicomcommit.committing.outcomes import CommitReport
+from dicomcommit.committing.recover import DEFAULT_PART_AGE, recover
+from dicomcommit.committing.resolve import KEEP_CHOICES, resolve_many
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
-from dicomcommit.ingesting import ingest
-from dicomcommit.manifest import STATUSES, Manifest
+from dicomcommit.manifests.sqlite import STATUSES, Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE
-from dicomcommit.outcomes import CommitReport
-from dicomcommit.recovery import DEFAULT_PART_AGE, recover
-from dicomcommit.report import write_report
-from dicomcommit.resolving import KEEP_CHOICES, resolve_many
-from dicomcommit.review import show
+from dicomcommit.review.report import write_report
+from dicomcommit.review.show import show
 
 log = logging.getLogger("dicomcommit")
 

@@ -15,12 +15,12 @@ from typing import TextIO
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicomcommit.committing import commit
-from dicomcommit.display import print_summary, print_table
+from dicomcommit.cli.display import print_summary, print_table
+from dicomcommit.committing.driver import commit
 from dicomcommit.errors import EXIT_FAILURE, EXIT_OK, UsageError
-from dicomcommit.manifest import Manifest
+from dicomcommit.manifests.sqlite import Manifest
 from dicomcommit.scanning import scan_staging
-from dicomcommit.staging import Stager
+from dicomcommit.staging.stager import Stager
 
 ROWS = 32
 _DUPLICATE_SHARE = 0.10  # staged twice, byte for byte the same

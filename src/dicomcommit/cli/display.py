@@ -12,10 +12,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO, TypeAlias
 
-from dicomcommit.manifest import Record
-from dicomcommit.outcomes import CommitReport
-from dicomcommit.recovery import RecoverReport
-from dicomcommit.review import Shown
+from dicomcommit.committing.outcomes import CommitReport
+from dicomcommit.committing.recover import RecoverReport
+from dicomcommit.manifests.sqlite import Record
+from dicomcommit.review.show import Shown
 
 _SURROGATE_BYTES = range(0xDC80, 0xDD00)  # os.fsdecode's stand-ins for the bytes 0x80-0xFF
 _ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]

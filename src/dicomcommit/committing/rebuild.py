@@ -17,9 +17,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dicomcommit.headers import NotDicom, hash_at, read_attrs, sha256_at
+from dicomcommit.dicom.headers import NotDicom, hash_at, read_attrs, sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, MANIFEST_NAME, REJECTED_DIR, REPLACED_DIR, STATE_DIR
-from dicomcommit.manifest import Manifest, Record, now
+from dicomcommit.manifests.sqlite import Manifest, Record, now
 from dicomcommit.naming import Template, parse_template
 
 _LOST = "rebuilt from the archive by recover --rebuild-manifest; its staged name and history were lost"

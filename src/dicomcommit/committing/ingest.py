@@ -18,13 +18,13 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from dicomcommit.archive import check_dirs, check_lock_timeout, check_seconds, new_run_id
-from dicomcommit.committing import DEFAULT_BATCH, DEFAULT_SETTLE, OnConflict, Progress, commit_names
+from dicomcommit.archives.filesystem import check_dirs, check_lock_timeout, check_seconds, new_run_id
+from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, OnConflict, Progress, commit_names
+from dicomcommit.committing.outcomes import CommitReport
+from dicomcommit.committing.planning import plan
+from dicomcommit.dicom.headers import Described, describe
 from dicomcommit.errors import UsageError, names_os_errors
-from dicomcommit.headers import Described, describe
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
-from dicomcommit.outcomes import CommitReport
-from dicomcommit.planning import plan
 from dicomcommit.scanning import scan_staging
 
 
