@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pydicom
 
-from dicomcommit.cli.demo import synthetic_dataset
+from dicomcommit.synthetic import synthetic_dataset
 
 ROOT = "1.2.826.0.1.3680043.10.5151"  # the UID root of every synthetic dataset
 CLI = (sys.executable, "-m", "dicomcommit")

@@ -21,9 +21,9 @@ from pydicom.data import get_testdata_file
 from _torture_io import ROOT, Env, Step, cli, encode, file_sha, read_rows, run_checked, write_old
 from dicomcommit import Stager, commit
 from dicomcommit._faults import POINTS
-from dicomcommit.cli.demo import plan_jobs, synthetic_dataset
 from dicomcommit.committing.driver import OnConflict
 from dicomcommit.naming import DEFAULT_TEMPLATE
+from dicomcommit.synthetic import plan_jobs, synthetic_dataset
 
 KINDS = ("commit", "ingest", "resolve", "recover")
 _SCRIPT = Path(__file__).resolve().with_name("torture_random.py")  # runs the children (--child)

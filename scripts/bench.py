@@ -31,9 +31,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomcommit import Stager, commit
-from dicomcommit.cli.demo import synthetic_dataset
 from dicomcommit.manifests.sqlite import Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
+from dicomcommit.synthetic import synthetic_dataset
 
 Variant = tuple[Callable[[], Any], Callable[[Any], None]]  # (prepare, timed)
 SIZES = {"tiny": 32, "ct": 512}  # 2.3 KB and 0.5 MB files

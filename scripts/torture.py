@@ -33,8 +33,8 @@ from pathlib import Path
 from _torture_io import ROOT, child_env, file_sha, parses
 from dicomcommit import Manifest, Stager, commit
 from dicomcommit._faults import BATCH_POINTS, POINTS
-from dicomcommit.cli.demo import plan_jobs, synthetic_dataset
 from dicomcommit.committing.recover import recover
+from dicomcommit.synthetic import plan_jobs, synthetic_dataset
 
 _SCRIPT = Path(__file__).resolve()
 

@@ -15,7 +15,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from dicomcommit.cli.demo import synthetic_dataset
+from dicomcommit.synthetic import synthetic_dataset
 
 ROOT = "1.2.826.0.1.3680043.10.1234"
 

@@ -26,8 +26,8 @@ from dicomcommit import (
     commit,
 )
 from dicomcommit._faults import BATCH_POINTS, POINTS
-from dicomcommit.cli.demo import synthetic_dataset
 from dicomcommit.dicom import headers as headers_module
+from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import ROOT, archive_files, copy_in, sha256_of, staged_files, write_foreign, write_settled
 
 MakeDs = Callable[..., Dataset]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dicomcommit import Manifest, Stager, commit
-from dicomcommit.cli.demo import plan_jobs, synthetic_dataset
+from dicomcommit.synthetic import plan_jobs, synthetic_dataset
 from tests.conftest import ROOT, archive_files, sha256_of, staged_files
 
 STAGERS = 8

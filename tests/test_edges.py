@@ -17,10 +17,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import Manifest, Stager, TemplateError, UsageError, commit, ingest, recover
-from dicomcommit.cli.demo import synthetic_dataset
 from dicomcommit.cli.main import main
 from dicomcommit.naming import parse_template
 from dicomcommit.staging.journal import journal_dir
+from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import (
     archive_files,
     copy_in,

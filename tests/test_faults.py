@@ -17,7 +17,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import CommitError, DicomCommitError, Manifest, StageError, Stager, commit, ingest
-from dicomcommit.cli.demo import synthetic_dataset
+from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import (
     ROOT,
     archive_files,

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomcommit.cli.demo import synthetic_dataset
 from dicomcommit.dicom.headers import NotDicom, _read_with_pydicom, read_attrs
 from dicomcommit.dicom.rawheader import Unsupported, scan
 from dicomcommit.naming import COMMON_KEYWORDS, Attrs, attrs_from_dataset
+from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import ROOT, wheel_file
 
 KEYWORDS = (*COMMON_KEYWORDS, "ImageType", "SliceThickness", "Rows", "Columns", "PixelSpacing", "BodyPartExamined",

@@ -27,11 +27,11 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomcommit import EncodeError, Stager
-from dicomcommit.cli.demo import synthetic_dataset
 from dicomcommit.dicom.headers import NotDicom, _read_with_pydicom, attrs_from_bytes, read_attrs
 from dicomcommit.dicom.rawheader import _Pending, _quick
 from dicomcommit.naming import DEFAULT_TEMPLATE, Attrs, attrs_from_dataset, parse_template, to_value
 from dicomcommit.staging.journal import JournalIndex, journal_dir
+from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import ROOT
 
 TEMPLATE = parse_template(DEFAULT_TEMPLATE)

@@ -14,8 +14,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import EncodeError, StageError, Stager, UsageError
-from dicomcommit.cli.demo import synthetic_dataset
 from dicomcommit.staging.journal import JournalIndex, journal_dir
+from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import ROOT
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomcommit import _fs
-from dicomcommit.dicom.headers import Described, NotDicom, hash_file, read_attrs, read_foreign
+from dicomcommit.dicom.headers import Described, NotDicom, read_attrs, read_foreign
+from dicomcommit.hashing import hash_file
 from dicomcommit.naming import Attrs
 from dicomcommit.staging.journal import JournalIndex
 

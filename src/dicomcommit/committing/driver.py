@@ -37,8 +37,9 @@ from dicomcommit.archives.filesystem import archive_lock, check_dirs, check_lock
 from dicomcommit.committing.describing import Describer, Staged
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.planning import plan
-from dicomcommit.dicom.headers import Described, sha256_at
+from dicomcommit.dicom.headers import Described
 from dicomcommit.errors import CommitError, ConflictError, DicomCommitError, UsageError, names_os_errors
+from dicomcommit.hashing import sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, TMP_DIR
 from dicomcommit.manifests.sqlite import FOUND_IN_ARCHIVE, Manifest, Record
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from dicomcommit.committing.outcomes import CommitReport
-from dicomcommit.dicom.headers import NotDicom, read_attrs, read_foreign, sha256_at
+from dicomcommit.dicom.headers import NotDicom, read_attrs, read_foreign
+from dicomcommit.hashing import sha256_at
 from dicomcommit.layout import CONFLICTS_DIR
 from dicomcommit.manifests.sqlite import Record
 from dicomcommit.naming import Template

@@ -17,7 +17,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dicomcommit.dicom.headers import NotDicom, hash_at, read_attrs, sha256_at
+from dicomcommit.dicom.headers import NotDicom, read_attrs
+from dicomcommit.hashing import hash_at, sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, MANIFEST_NAME, REJECTED_DIR, REPLACED_DIR, STATE_DIR
 from dicomcommit.manifests.sqlite import Manifest, Record, now
 from dicomcommit.naming import Template, parse_template

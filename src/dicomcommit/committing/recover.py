@@ -33,8 +33,9 @@ from dicomcommit.committing.driver import OnConflict, commit_names
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.rebuild import rebuild
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve
-from dicomcommit.dicom.headers import NotDicom, hash_at, hash_file, read_attrs, sha256_at
+from dicomcommit.dicom.headers import NotDicom, read_attrs
 from dicomcommit.errors import UsageError
+from dicomcommit.hashing import hash_at, hash_file, sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, PART_SUFFIX, STATE_DIR, TMP_DIR
 from dicomcommit.manifests.sqlite import FOUND_IN_ARCHIVE, Manifest, Record, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template

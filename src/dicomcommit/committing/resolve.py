@@ -24,8 +24,8 @@ from typing import Literal
 from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit.archives.filesystem import archive_lock
-from dicomcommit.dicom.headers import sha256_at
 from dicomcommit.errors import CommitError, DicomCommitError, UsageError
+from dicomcommit.hashing import sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
 from dicomcommit.manifests.sqlite import Manifest, Record, now
 from dicomcommit.naming import derived_name

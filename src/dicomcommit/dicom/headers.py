@@ -8,12 +8,9 @@ commit to the file it finds (:func:`read_attrs`), so the two always agree.
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import io
 import logging
 import os
-import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +27,6 @@ from dicomcommit.dicom.completeness import Incomplete, check_complete
 from dicomcommit.dicom.rawheader import NeedMoreBytes, Unsupported, scan
 from dicomcommit.naming import Attrs, attrs_from_dataset
 
-_CHUNK = 1 << 20
 _RAW_READS = (4096, 65536)  # most headers fit the first; a few long ones the second
 
 _LOG = logging.getLogger("dicomcommit")
@@ -236,40 +232,3 @@ def describe(path: str, keywords: Sequence[str]) -> Described:
             return Described(size, {}, str(exc))
     finally:
         os.close(fd)
-
-
-def hash_at(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> tuple[str, int] | None:
-    """(sha256, size) of the regular file at *path* (relative to *dir_fd*, if given).
-
-    A symlink there is not followed. Returns None when nothing is there, or when it is a
-    symlink, a directory or a special file.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return None
-        raise
-    try:
-        return hash_file(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else None
-    finally:
-        os.close(fd)
-
-
-def sha256_at(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> str | None:
-    """The hash of the regular file at *path*; None as :func:`hash_at`."""
-    found = hash_at(path, dir_fd=dir_fd)
-    return None if found is None else found[0]
-
-
-def hash_file(fd: int) -> tuple[str, int]:
-    """Return (sha256 hex, size) of the whole file open at *fd*."""
-    os.lseek(fd, 0, os.SEEK_SET)
-    digest = hashlib.sha256()
-    size = 0
-    while chunk := os.read(fd, _CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size

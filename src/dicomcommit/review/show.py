@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicomcommit.dicom.headers import hash_at
+from dicomcommit.hashing import hash_at
 from dicomcommit.manifests.sqlite import Manifest, Record
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
