@@ -31,7 +31,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomcommit import Stager, commit
-from dicomcommit.manifests.sqlite import Manifest
+from dicomcommit.manifests.sqlite import SQLiteManifest as Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
 from dicomcommit.synthetic import synthetic_dataset
 

@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import (
-    CommitError,
+    ArchiveError,
     ConflictError,
     LockTimeout,
     Manifest,
@@ -376,7 +376,7 @@ def test_a_symlinked_directory_in_the_archive_is_not_followed(
     archive.mkdir()
     (archive / str(ds.PatientID)).symlink_to(elsewhere)
     staged = Stager(staging).stage(ds)
-    with pytest.raises(CommitError, match="symlink"):
+    with pytest.raises(ArchiveError, match="symlink"):
         commit(staging, archive)
     assert list(elsewhere.iterdir()) == []
     assert staged.exists()

@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 
 import dicomcommit.cli.main as cli
 from dicomcommit import Manifest, Stager, commit
-from dicomcommit.archives.filesystem import archive_lock
+from dicomcommit.archives import open_archive
 from dicomcommit.cli.display import printable
 from dicomcommit.cli.main import main
 from dicomcommit.committing.ingest import ingest, usable_cpus
@@ -109,7 +109,7 @@ def test_the_library_refuses_bad_lock_timeouts(
     with pytest.raises(UsageError, match="lock_timeout"):
         ingest(staging, tmp_path / "other", lock_timeout=timeout)
     with pytest.raises(UsageError, match="lock_timeout"):
-        archive_lock(archive, timeout)
+        open_archive(archive).lock(timeout)
     assert not archive.exists()  # the check comes first
     archive.mkdir()
     with pytest.raises(UsageError, match="lock_timeout"):
@@ -424,7 +424,7 @@ def test_ingest_takes_batch_size_and_lock_timeout(
     for index in range(3):
         _write(source / f"IM{index}", make_ds(index))
     argv = ["ingest", str(source), str(archive), "--json", "--batch-size", "1", "--lock-timeout", "0.2"]
-    with archive_lock(archive, None):
+    with open_archive(archive).lock(None):
         started = time.monotonic()
         assert main(argv) == 1  # the lock is held: given up after 0.2 s, nothing lost
         assert time.monotonic() - started < 30

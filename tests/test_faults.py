@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomcommit import CommitError, DicomCommitError, Manifest, StageError, Stager, commit, ingest
+from dicomcommit import DicomCommitError, LockError, Manifest, StageError, Stager, commit, ingest
 from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import (
     ROOT,
@@ -111,7 +111,7 @@ def test_a_symlink_at_the_lock_path_is_not_followed(dirs: tuple[Path, Path], mak
     (archive / ".dicomcommit").mkdir(parents=True)
     (archive / ".dicomcommit" / "lock").symlink_to(victim)
     staged = Stager(staging).stage(make_ds(1))
-    with pytest.raises(CommitError, match="lock"):
+    with pytest.raises(LockError, match="lock"):
         commit(staging, archive)
     assert victim.read_bytes() == b"do not touch"
     assert staged.exists()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicomcommit import Manifest, Record
+from dicomcommit import Manifest, NewRecord, Status
 from dicomcommit.errors import ManifestError
 from dicomcommit.manifests.sqlite import _attrs_json
 
@@ -36,8 +36,8 @@ INSERT INTO runs VALUES ('r1', '2026-01-01T00:00:00Z', NULL, '/staging', '{SOPIn
 """
 
 
-def _row(path: str, source: str, sha256: str | None, status: str = "committed") -> Record:
-    return Record(status, path, path, source, 10, sha256, run="r")
+def _row(path: str, source: str, sha256: str | None, status: str = "committed") -> NewRecord:
+    return NewRecord(Status(status), path, path, source, 10, sha256, run="r")
 
 
 def _manifest_file(archive: Path) -> Path:

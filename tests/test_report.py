@@ -7,17 +7,21 @@ import os
 import shutil
 import struct
 import subprocess
+import zlib
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from dicomcommit import Stager, commit
 from dicomcommit.cli.main import main
-from dicomcommit.review.report import THUMBNAIL, write_report
+from dicomcommit.review.report import THUMBNAIL, thumbnail, write_report
 from tests.conftest import wheel_file
 
 MakeDs = Callable[..., Dataset]
@@ -114,3 +118,94 @@ def test_the_report_renders_in_headless_chromium(archive: Path, tmp_path: Path) 
     )  # fmt: skip
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def _png_pixels(png: bytes | str) -> np.ndarray:
+    """The pixels of a PNG that encode_png wrote: 8 bits, grey (h, w) or RGB (h, w, 3), filter 0 on every row."""
+    assert isinstance(png, bytes), png
+    width, height, depth, color_type = struct.unpack(">IIBB", png[16:26])
+    assert depth == 8
+    channels = {0: 1, 2: 3}[color_type]
+    idat, pos = b"", 8
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        if png[pos + 4 : pos + 8] == b"IDAT":
+            idat += png[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    rows = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, 1 + width * channels)
+    assert not rows[:, 0].any()  # filter type 0
+    return rows[:, 1:].reshape((height, width, channels) if channels == 3 else (height, width))
+
+
+def _grey_file(path: Path, pixels: np.ndarray, **elements: object) -> Path:
+    """A one-frame 16-bit allocated grey image of *pixels* (12 bits stored), with *elements* set on it."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.PixelData = pixels.tobytes()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("pixels", "rescale", "window", "output"),
+    [
+        (np.arange(4096, dtype=np.uint16), {}, (2048, 1024), (0, 4095)),  # unsigned: 0 to 2**12-1
+        (np.arange(4096, dtype=np.int16) - 2048, {"RescaleSlope": 2, "RescaleIntercept": -1000}, (0, 2000),
+         (-2048 * 2 - 1000, 2047 * 2 - 1000)),  # signed, rescaled: the signed range, rescaled
+    ],
+    ids=["unsigned", "signed-rescaled"],
+)  # fmt: skip
+def test_a_sigmoid_window_is_pydicoms(
+    pixels: np.ndarray,
+    rescale: dict[str, int],
+    window: tuple[int, int],
+    output: tuple[int, int],
+    tmp_path: Path,
+) -> None:
+    center, width = window
+    path = _grey_file(
+        tmp_path / "sigmoid.dcm", pixels.reshape(64, 64), WindowCenter=center, WindowWidth=width,
+        VOILUTFunction="SIGMOID", **rescale,
+    )  # fmt: skip
+    ds = pydicom.dcmread(path)
+    low, high = output
+    expected = (apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds) - low) / (high - low) * 255
+    grey = _png_pixels(thumbnail(path))
+    assert grey.shape == (64, 64)
+    assert np.abs(grey - expected).max() <= 1  # pydicom's curve, not a straight line between the window's ends
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_a_voi_lut_sequence_is_applied(photometric: str, tmp_path: Path) -> None:
+    lut = np.rint(np.sqrt(np.arange(4096) / 4095) * 65535).astype(np.uint16)  # not the straight line of percentiles
+    item = Dataset()
+    item.add_new("LUTDescriptor", "US", [4096, 0, 16])
+    item.add_new("LUTData", "OW", lut.tobytes())
+    pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    path = _grey_file(tmp_path / "voilut.dcm", pixels, PhotometricInterpretation=photometric, VOILUTSequence=[item])
+    expected = lut[pixels] / 65535 * 255  # the LUT's 16-bit output, in 8 bits
+    if photometric == "MONOCHROME1":
+        expected = 255 - expected
+    assert np.abs(_png_pixels(thumbnail(path)) - expected).max() <= 1
+
+
+def test_a_palette_colour_image_is_shown_in_its_colours() -> None:
+    path = wheel_file("examples_palette.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.PhotometricInterpretation == "PALETTE COLOR"
+    image = _png_pixels(thumbnail(path))
+    step = -(-max(ds.Rows, ds.Columns) // THUMBNAIL)
+    assert image.shape == (-(-ds.Rows // step), -(-ds.Columns // step), 3)  # RGB, colour type 2
+    assert (image[..., 0] != image[..., 1]).mean() > 0.1  # not the indices as grey
+    colours = apply_color_lut(ds.pixel_array, ds)[::step, ::step]
+    assert (image == colours >> 8).all()  # its 16-bit palette entries, in 8 bits

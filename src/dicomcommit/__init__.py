@@ -15,20 +15,25 @@ from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import RecoverReport, recover
 from dicomcommit.committing.resolve import resolve, resolve_many
 from dicomcommit.errors import (
+    ArchiveError,
     CommitError,
     ConflictError,
     DicomCommitError,
     EncodeError,
     FileOpError,
+    IngestError,
+    LockError,
     LockTimeout,
     ManifestError,
     NoClobberUnsupported,
+    ResolveError,
     StageError,
     TargetExistsError,
     TemplateError,
     UsageError,
 )
-from dicomcommit.manifests.sqlite import Manifest, Record
+from dicomcommit.manifests import Manifest, open_manifest
+from dicomcommit.manifests.records import NewRecord, Record, Status
 from dicomcommit.naming import DEFAULT_TEMPLATE, MISSING
 from dicomcommit.review.report import write_report
 from dicomcommit.review.show import show
@@ -38,26 +43,33 @@ from dicomcommit.staging.writing import dcmwrite
 __all__ = [
     "DEFAULT_TEMPLATE",
     "MISSING",
+    "ArchiveError",
     "CommitError",
     "CommitReport",
     "ConflictError",
     "DicomCommitError",
     "EncodeError",
     "FileOpError",
+    "IngestError",
+    "LockError",
     "LockTimeout",
     "Manifest",
     "ManifestError",
+    "NewRecord",
     "NoClobberUnsupported",
     "Record",
     "RecoverReport",
+    "ResolveError",
     "StageError",
     "Stager",
+    "Status",
     "TargetExistsError",
     "TemplateError",
     "UsageError",
     "commit",
     "dcmwrite",
     "ingest",
+    "open_manifest",
     "recover",
     "resolve",
     "resolve_many",

@@ -12,12 +12,11 @@ import errno
 import os
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from enum import Enum
-from pathlib import Path
 
-from dicomcommit.errors import CommitError, NoClobberUnsupported
+from dicomcommit.errors import NoClobberUnsupported
+from dicomcommit.layout import PART_SUFFIX
 
 FILE_MODE = 0o644  # the kernel applies the umask, as for any file a program creates
 DIR_MODE = 0o755
@@ -102,7 +101,7 @@ def link_noclobber(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, *, wher
     try:
         os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
     except FileExistsError:
-        return Placed.SAME_INODE if _same_inode(src_dir_fd, src, dst_dir_fd, dst) else Placed.EXISTS
+        return Placed.SAME_INODE if same_inode(src_dir_fd, src, dst_dir_fd, dst) else Placed.EXISTS
     except OSError as exc:
         if exc.errno in _NO_LINK_ERRNOS:
             raise NoClobberUnsupported(
@@ -115,7 +114,7 @@ def link_noclobber(src_dir_fd: int, src: str, dst_dir_fd: int, dst: str, *, wher
     return Placed.CREATED
 
 
-def _same_inode(a_dir_fd: int, a: str, b_dir_fd: int, b: str) -> bool:
+def same_inode(a_dir_fd: int, a: str, b_dir_fd: int, b: str) -> bool:
     try:
         sa = os.stat(a, dir_fd=a_dir_fd, follow_symlinks=False)
         sb = os.stat(b, dir_fd=b_dir_fd, follow_symlinks=False)
@@ -166,7 +165,7 @@ def copy_exclusive(src_fd: int, dst_dir_fd: int, *, durable: bool) -> str:
     on the archive's filesystem, so it can then be linked without clobbering.
     Returns the name of the copy; the caller unlinks it after linking.
     """
-    name = f"{uuid.uuid4().hex}.part"
+    name = f"{uuid.uuid4().hex}{PART_SUFFIX}"
     mode = os.fstat(src_fd).st_mode & 0o777
     fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dst_dir_fd)
     try:
@@ -186,144 +185,6 @@ def copy_exclusive(src_fd: int, dst_dir_fd: int, *, durable: bool) -> str:
         unlink_quietly(dst_dir_fd, name)
         raise
     return name
-
-
-class DirTree:
-    """Directories below *root*, opened without following symlinks and cached by path.
-
-    Remembers which directories received or lost entries, so durable mode can fsync each
-    of them once per batch instead of once per file. At most *max_open* directories stay
-    open; the least recently used is closed first (after its fsync, if it was touched and
-    the tree is durable), so a batch spread over many series never runs out of fds.
-    """
-
-    def __init__(self, root: Path, *, durable: bool = True, tmp: tuple[str, ...] = (), max_open: int = 256) -> None:
-        self.root = root
-        self.durable = durable
-        self._tmp = tmp
-        self._max_open = max_open
-        self._root_fd = open_root(root)
-        self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict({(): self._root_fd})
-        self._touched: set[tuple[str, ...]] = set()
-
-    def dir_fd(self, parts: tuple[str, ...], *, create: bool = True) -> int:
-        """Return an fd for the directory *parts* below the root, creating it when asked.
-
-        Raises:
-            CommitError: a component exists but is a symlink or not a directory.
-        """
-        fd = self._fds.get(parts)
-        if fd is not None:
-            self._fds.move_to_end(parts)
-            return fd
-        parent = self.dir_fd(parts[:-1], create=create)
-        name = parts[-1]
-        try:
-            fd = open_dir(name, dir_fd=parent)
-        except FileNotFoundError:
-            if not create:
-                raise
-            try:
-                os.mkdir(name, DIR_MODE, dir_fd=parent)
-                self._touched.add(parts[:-1])
-            except FileExistsError:
-                pass  # another committer made it between our open and our mkdir
-            fd = self._open_checked(name, parent, parts)
-        except OSError as exc:
-            raise self._not_a_dir(parts, exc) from exc
-        self._fds[parts] = fd
-        while len(self._fds) > self._max_open:
-            self._evict()
-        return fd
-
-    def _evict(self) -> None:
-        parts, fd = next((p, f) for p, f in self._fds.items() if p)  # the oldest, never the root
-        if parts in self._touched:
-            if self.durable:
-                fsync_dir(fd)
-            self._touched.discard(parts)
-        del self._fds[parts]
-        os.close(fd)
-
-    def _open_checked(self, name: str, parent: int, parts: tuple[str, ...]) -> int:
-        try:
-            return open_dir(name, dir_fd=parent)
-        except OSError as exc:
-            raise self._not_a_dir(parts, exc) from exc
-
-    def _not_a_dir(self, parts: tuple[str, ...], exc: OSError) -> CommitError:
-        path = self.root.joinpath(*parts)
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            return CommitError("not a real directory (a symlink or a file); refusing to follow it", path, exc)
-        return CommitError(f"cannot open directory ({exc.strerror})", path, exc)
-
-    def link_in(
-        self,
-        src_dir_fd: int,
-        src: str,
-        dirs: tuple[str, ...],
-        name: str,
-        *,
-        open_src: Callable[[], int],
-        copy: bool,
-        nlink: int | None = None,
-    ) -> Placed:
-        """Give the file *src* the name *dirs*/*name* below the root, never clobbering.
-
-        With *copy*, when the file has other hard links, or when it is on another filesystem (``EXDEV``), its bytes are
-        first copied into the tree's *tmp* directory (fsynced when durable), and the copy is
-        linked: the root then never shares an inode with what it copied from. (A *copy* whose
-        destination already is the same inode was linked there by an interrupted earlier run,
-        before it had other names: ``SAME_INODE``, as for a link.)
-
-        Raises:
-            NoClobberUnsupported: the filesystem has no hard links.
-            OSError: any other failure.
-        """
-        dst_fd = self.dir_fd(dirs)
-        where = "/".join((str(self.root), *dirs, name))
-        placed = None
-        # A file with other names (hard links) is copied: linked, it would share its inode
-        # with a name outside the root, and truncating that name would empty ours.
-        if nlink is None:  # the caller's stat, when it has one, saves a syscall per file
-            nlink = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_nlink
-        copy = copy or nlink > 1
-        if copy and _same_inode(src_dir_fd, src, dst_fd, name):
-            return Placed.SAME_INODE
-        if not copy:
-            try:
-                placed = link_noclobber(src_dir_fd, src, dst_fd, name, where=where)
-            except NoClobberUnsupported:
-                raise
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-        if placed is None:
-            tmp_fd = self.dir_fd(self._tmp)
-            tmp = copy_exclusive(open_src(), tmp_fd, durable=self.durable)
-            try:
-                placed = link_noclobber(tmp_fd, tmp, dst_fd, name, where=where)
-            finally:
-                unlink_quietly(tmp_fd, tmp)
-        if placed is Placed.CREATED:
-            self.touch(dirs)
-        return placed
-
-    def touch(self, parts: tuple[str, ...]) -> None:
-        """Note that the directory *parts* gained or lost an entry."""
-        self._touched.add(parts)
-
-    def fsync_touched(self) -> None:
-        """fsync every touched directory once, deepest first, and forget them."""
-        for parts in sorted(self._touched, key=len, reverse=True):
-            fsync_dir(self.dir_fd(parts, create=False))
-        self._touched.clear()
-
-    def close(self) -> None:
-        """Close every cached directory fd."""
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
 
 
 def split_rel(rel: str) -> tuple[tuple[str, ...], str]:

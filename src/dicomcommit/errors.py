@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable
@@ -52,10 +53,27 @@ class StageError(FileOpError):
 
 
 class CommitError(FileOpError):
-    """Committing a staged file failed; the staged file is still in the staging directory."""
+    """Committing a file failed; it is still where it was (in the staging directory)."""
 
 
-class NoClobberUnsupported(CommitError):
+class IngestError(CommitError):
+    """Ingesting a file failed; it is still where it was in the source tree."""
+
+
+class ResolveError(FileOpError):
+    """Carrying out a recorded decision on a conflict failed; rerunning resolve finishes it."""
+
+
+class ArchiveError(FileOpError):
+    """The archive itself refused an operation: a component that is not a real directory,
+    a read-only filesystem, a state directory that cannot be made."""
+
+
+class LockError(ArchiveError):
+    """The archive lock cannot be taken at all (permissions, a symlink planted at its path)."""
+
+
+class NoClobberUnsupported(ArchiveError):
     """The archive's filesystem has no no-clobber primitive (hard links): we fail closed."""
 
 
@@ -63,7 +81,7 @@ class TargetExistsError(DicomCommitError, FileExistsError):
     """A file already exists at the final name and overwriting was not asked for."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(17, "file exists", os.fspath(path))
+        super().__init__(errno.EEXIST, "file exists", os.fspath(path))
 
     def __str__(self) -> str:
         return f"file exists: {self.filename}"
@@ -75,7 +93,7 @@ class ConflictError(DicomCommitError, FileExistsError):
     exit_code = EXIT_ATTENTION
 
     def __init__(self, staged: str, target: str) -> None:
-        super().__init__(17, "a different file is already committed at the target", target)
+        super().__init__(errno.EEXIST, "a different file is already committed at the target", target)
         self.staged = staged
         self.target = target
 
@@ -103,9 +121,11 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def names_os_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """Decorate a public call so that any ``OSError`` it lets through leaves it as a
-    :class:`CommitError` naming the file (or, without one, the call's first argument)."""
+def names_os_errors(
+    what: str, error: type[FileOpError] = CommitError
+) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Decorate a public call so that any ``OSError`` it lets through leaves it as an
+    *error* naming the file (or, without one, the call's first argument)."""
 
     def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
         @functools.wraps(function)
@@ -116,7 +136,7 @@ def names_os_errors(what: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]
                 raise
             except OSError as exc:
                 where: Any = exc.filename or (args[0] if args else "")
-                raise CommitError(f"{what} failed ({exc.strerror})", where, exc) from exc
+                raise error(f"{what} failed ({exc.strerror})", where, exc) from exc
 
         return wrapper
 

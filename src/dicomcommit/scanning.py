@@ -84,6 +84,6 @@ class _Walk:
         elif not entry.is_file(follow_symlinks=False):
             self.scan.skipped.append((rel, "not a regular file"))
         elif self.skip_parts and entry.name.endswith(PART_SUFFIX):
-            self.scan.skipped.append((rel, "unfinished stage (.part)"))
+            self.scan.skipped.append((rel, f"unfinished stage ({PART_SUFFIX})"))
         else:
             self.timed.append((entry.stat(follow_symlinks=False).st_mtime_ns, rel))

@@ -1,81 +1,154 @@
-"""The archive itself: its state directory, its lock, and the checks every command makes."""
+"""The archive as a POSIX directory: create-only placement with ``link(2)``, and
+everything else through directory fds opened without following symlinks.
+
+- ``ARCHIVE/.dicomcommit/`` holds dicomcommit's own files; commit and resolve hold the lock
+  ``ARCHIVE/.dicomcommit/lock`` (filelock, ``flock``) per batch; it is never deleted.
+- A name is placed with ``link(2)``, which fails with ``EEXIST`` instead of replacing
+  anything (never ``rename(2)``, which replaces silently). A file with other hard links, or
+  on another filesystem (``EXDEV``), is first copied into ``.dicomcommit/tmp/`` (fsynced),
+  and the copy is linked: the archive never shares an inode with a name outside it.
+- Directories that gained or lost entries are fsynced once per batch (:meth:`sync`).
+"""
 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import stat
-from datetime import UTC, datetime
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
-from dicomcommit.errors import CommitError, LockTimeout, UsageError
-from dicomcommit.layout import LOCK_NAME, STATE_DIR
+from dicomcommit import _fs
+from dicomcommit.archives.base import BaseArchive, Payload
+from dicomcommit.checks import check_lock_timeout
+from dicomcommit.errors import ArchiveError, LockError, LockTimeout, NoClobberUnsupported
+from dicomcommit.hashing import hash_at
+from dicomcommit.layout import LOCK_NAME, STATE_DIR, TMP_DIR
 
 
-def archive_lock(archive: Path, timeout: float | None) -> Locked:
-    """The archive lock (``ARCHIVE/.dicomcommit/lock``), creating the state directory if needed.
+class FilesystemArchive(BaseArchive):
+    """The archive at the directory *root* (created, with its state directory, on the first
+    placement). With *durable*, :meth:`sync` fsyncs every directory that changed."""
 
-    *timeout*: seconds to wait for it (0: try once), or None to wait as long as it takes.
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+        self.durable = durable
+        self._tree: _DirTree | None = None
 
-    Raises:
-        UsageError: *timeout* is negative, infinite or not a number (checked first).
-        CommitError: the state directory cannot be made, or is not a real directory.
-    """
-    check_lock_timeout(timeout)
-    return Locked(FileLock(make_state_dir(archive) / LOCK_NAME, timeout=-1 if timeout is None else timeout))
+    @property
+    def tree(self) -> _DirTree:
+        """The directories of this batch (opened on first use, closed by :meth:`release`)."""
+        if self._tree is None:
+            self._tree = _DirTree(self.root, durable=self.durable, tmp=TMP_DIR)
+        return self._tree
 
+    def lock(self, timeout: float | None) -> Locked:
+        """The archive lock (``ARCHIVE/.dicomcommit/lock``), creating the state directory if needed.
 
-def check_lock_timeout(timeout: float | None) -> None:
-    """Refuse a lock timeout that is not None or a finite number of seconds, 0 or more.
+        Raises:
+            UsageError: *timeout* is negative, infinite or not a number (checked first).
+            ArchiveError: the state directory cannot be made, or is not a real directory.
+        """
+        check_lock_timeout(timeout)
+        lock_file = make_state_dir(self.root) / LOCK_NAME
+        return Locked(FileLock(lock_file, timeout=-1 if timeout is None else timeout))
 
-    Raises:
-        UsageError: naming the value (filelock would take a negative one as "forever").
-    """
-    if timeout is not None:
-        check_seconds("lock_timeout", timeout, "or None")
+    def place(self, payload: Payload, rel: str) -> _fs.Placed:
+        dirs, name = _fs.split_rel(rel)
+        return self.tree.link_in(payload.dir_fd, payload.name, dirs, name, open_src=payload.open, copy=payload.copy,
+                                 nlink=payload.nlink)  # fmt: skip
 
+    def size(self, rel: str) -> int | None:
+        try:
+            st = os.stat(self.root / rel, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
-def check_seconds(what: str, seconds: float, alternative: str = "") -> None:
-    """Refuse a duration that is not a finite number of seconds, 0 or more (nan, inf, -1).
+    def hash(self, rel: str) -> tuple[str, int] | None:
+        dirs, name = _fs.split_rel(rel)
+        try:
+            dir_fd = self.tree.dir_fd(dirs, create=False)
+        except FileNotFoundError:
+            return None
+        return hash_at(name, dir_fd=dir_fd)
 
-    Raises:
-        UsageError: naming *what* and the value.
-    """
-    if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
-        tail = f" {alternative}" if alternative else ""
-        raise UsageError(f"{what} must be a finite number of seconds, 0 or more{tail}; not {seconds!r}")
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self.root / rel)
 
+    def holds(self, path: str | os.PathLike[str], rel: str) -> bool:
+        try:
+            ours = os.stat(path, follow_symlinks=False)
+            return os.path.samestat(ours, os.stat(self.root / rel, follow_symlinks=False))
+        except OSError:
+            return False
 
-def check_dirs(staging: Path, archive: Path, *, what: str = "staging directory") -> tuple[Path, Path]:
-    """Check that *staging* is a directory, *archive* is one or is missing, and neither holds the other.
+    def link(self, src: str, dst: str) -> _fs.Placed:
+        src_dirs, src_name = _fs.split_rel(src)
+        dst_dirs, dst_name = _fs.split_rel(dst)
+        placed = _fs.link_noclobber(self.tree.dir_fd(src_dirs), src_name, self.tree.dir_fd(dst_dirs), dst_name,
+                                    where=str(self.root / dst))  # fmt: skip
+        self.tree.touch(dst_dirs)
+        return placed
 
-    Raises:
-        UsageError: naming which of the two is wrong.
-    """
-    if not staging.is_dir():
-        raise UsageError(f"{what} {staging} does not exist or is not a directory")
-    if archive.exists() and not archive.is_dir():
-        raise UsageError(f"archive {archive} is not a directory")
-    s, a = staging.resolve(), archive.resolve()
-    if s == a or s in a.parents or a in s.parents:
-        raise UsageError(f"{what} {staging} and archive {archive} must not contain each other")
-    return staging, archive
+    def replace(self, src: str, dst: str) -> None:
+        src_dirs, src_name = _fs.split_rel(src)
+        dst_dirs, dst_name = _fs.split_rel(dst)
+        # rename(2) replaces the target atomically: readers see the old file or the new one
+        os.rename(src_name, dst_name, src_dir_fd=self.tree.dir_fd(src_dirs), dst_dir_fd=self.tree.dir_fd(dst_dirs))
+        self.tree.touch(src_dirs)
+        self.tree.touch(dst_dirs)
+
+    def remove(self, rel: str) -> None:
+        dirs, name = _fs.split_rel(rel)
+        try:
+            dir_fd = self.tree.dir_fd(dirs, create=False)
+        except FileNotFoundError:
+            return
+        _fs.unlink_quietly(dir_fd, name)
+        self.tree.touch(dirs)
+
+    def files(self, folder: tuple[str, ...] = ()) -> list[str]:
+        top = self.root.joinpath(*folder)
+        found = []
+        for directory, dirs, names in os.walk(top):
+            rel_dir = os.path.relpath(directory, self.root)
+            if rel_dir == ".":
+                dirs[:] = [d for d in dirs if d != STATE_DIR]
+                rel_dir = ""
+            found += [f"{rel_dir}/{n}" if rel_dir else n for n in names]
+        return sorted(found)
+
+    def open(self, rel: str) -> BinaryIO:
+        fd = os.open(self.root / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return os.fdopen(fd, "rb")
+
+    def sync(self) -> None:
+        if self._tree is not None and self.durable:
+            self._tree.fsync_touched()
+
+    def release(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
 
 
 def make_state_dir(archive: Path) -> Path:
     """Create ``ARCHIVE/.dicomcommit`` if needed; refuse it if it is not a real directory.
 
     Raises:
-        CommitError: it cannot be created, or it is a symlink or a file (the manifest and
+        ArchiveError: it cannot be created, or it is a symlink or a file (the manifest and
             the lock would then be written wherever it points).
     """
     state = archive / STATE_DIR
     if archive.is_dir() and os.statvfs(archive).f_flag & os.ST_RDONLY:
-        raise CommitError(
+        raise ArchiveError(
             f"the archive is on a read-only filesystem ({os.strerror(errno.EROFS)})", archive, OSError(errno.EROFS, "")
         )
     try:
@@ -84,15 +157,10 @@ def make_state_dir(archive: Path) -> Path:
     except FileExistsError:
         pass
     except OSError as exc:
-        raise CommitError(f"cannot create the archive's state directory ({exc.strerror})", state, exc) from exc
+        raise ArchiveError(f"cannot create the archive's state directory ({exc.strerror})", state, exc) from exc
     if not stat.S_ISDIR(os.lstat(state).st_mode):
-        raise CommitError("not a real directory (a symlink or a file); refusing to write through it", state)
+        raise ArchiveError("not a real directory (a symlink or a file); refusing to write through it", state)
     return state
-
-
-def new_run_id() -> str:
-    """A run id: UTC time, then 6 random hex digits."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + os.urandom(3).hex()
 
 
 class Locked:
@@ -107,7 +175,145 @@ class Locked:
         except FileLockTimeout as exc:
             raise LockTimeout(str(self._lock.lock_file), float(self._lock.timeout)) from exc
         except OSError as exc:  # a symlink planted at the lock path (never followed), permissions...
-            raise CommitError(f"cannot take the archive lock ({exc.strerror})", self._lock.lock_file, exc) from exc
+            raise LockError(f"cannot take the archive lock ({exc.strerror})", self._lock.lock_file, exc) from exc
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+
+class _DirTree:
+    """Directories below *root*, opened without following symlinks and cached by path.
+
+    Remembers which directories received or lost entries, so durable mode can fsync each
+    of them once per batch instead of once per file. At most *max_open* directories stay
+    open; the least recently used is closed first (after its fsync, if it was touched and
+    the tree is durable), so a batch spread over many series never runs out of fds.
+    """
+
+    def __init__(self, root: Path, *, durable: bool = True, tmp: tuple[str, ...] = (), max_open: int = 256) -> None:
+        self.root = root
+        self.durable = durable
+        self._tmp = tmp
+        self._max_open = max_open
+        self._root_fd = _fs.open_root(root)
+        self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict({(): self._root_fd})
+        self._touched: set[tuple[str, ...]] = set()
+
+    def dir_fd(self, parts: tuple[str, ...], *, create: bool = True) -> int:
+        """Return an fd for the directory *parts* below the root, creating it when asked.
+
+        Raises:
+            ArchiveError: a component exists but is a symlink or not a directory.
+        """
+        fd = self._fds.get(parts)
+        if fd is not None:
+            self._fds.move_to_end(parts)
+            return fd
+        parent = self.dir_fd(parts[:-1], create=create)
+        name = parts[-1]
+        try:
+            fd = _fs.open_dir(name, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.mkdir(name, _fs.DIR_MODE, dir_fd=parent)
+                self._touched.add(parts[:-1])
+            except FileExistsError:
+                pass  # another committer made it between our open and our mkdir
+            fd = self._open_checked(name, parent, parts)
+        except OSError as exc:
+            raise self._not_a_dir(parts, exc) from exc
+        self._fds[parts] = fd
+        while len(self._fds) > self._max_open:
+            self._evict()
+        return fd
+
+    def _evict(self) -> None:
+        parts, fd = next((p, f) for p, f in self._fds.items() if p)  # the oldest, never the root
+        if parts in self._touched:
+            if self.durable:
+                _fs.fsync_dir(fd)
+            self._touched.discard(parts)
+        del self._fds[parts]
+        os.close(fd)
+
+    def _open_checked(self, name: str, parent: int, parts: tuple[str, ...]) -> int:
+        try:
+            return _fs.open_dir(name, dir_fd=parent)
+        except OSError as exc:
+            raise self._not_a_dir(parts, exc) from exc
+
+    def _not_a_dir(self, parts: tuple[str, ...], exc: OSError) -> ArchiveError:
+        path = self.root.joinpath(*parts)
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            return ArchiveError("not a real directory (a symlink or a file); refusing to follow it", path, exc)
+        return ArchiveError(f"cannot open directory ({exc.strerror})", path, exc)
+
+    def link_in(
+        self,
+        src_dir_fd: int,
+        src: str,
+        dirs: tuple[str, ...],
+        name: str,
+        *,
+        open_src: Callable[[], int],
+        copy: bool,
+        nlink: int | None = None,
+    ) -> _fs.Placed:
+        """Give the file *src* the name *dirs*/*name* below the root, never clobbering.
+
+        With *copy*, when the file has other hard links, or when it is on another filesystem (``EXDEV``), its bytes are
+        first copied into the tree's *tmp* directory (fsynced when durable), and the copy is
+        linked: the root then never shares an inode with what it copied from. (A *copy* whose
+        destination already is the same inode was linked there by an interrupted earlier run,
+        before it had other names: ``SAME_INODE``, as for a link.)
+
+        Raises:
+            NoClobberUnsupported: the filesystem has no hard links.
+            OSError: any other failure.
+        """
+        dst_fd = self.dir_fd(dirs)
+        where = "/".join((str(self.root), *dirs, name))
+        placed = None
+        # A file with other names (hard links) is copied: linked, it would share its inode
+        # with a name outside the root, and truncating that name would empty ours.
+        if nlink is None:  # the caller's stat, when it has one, saves a syscall per file
+            nlink = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_nlink
+        copy = copy or nlink > 1
+        if copy and _fs.same_inode(src_dir_fd, src, dst_fd, name):
+            return _fs.Placed.SAME_INODE
+        if not copy:
+            try:
+                placed = _fs.link_noclobber(src_dir_fd, src, dst_fd, name, where=where)
+            except NoClobberUnsupported:
+                raise
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+        if placed is None:
+            tmp_fd = self.dir_fd(self._tmp)
+            tmp = _fs.copy_exclusive(open_src(), tmp_fd, durable=self.durable)
+            try:
+                placed = _fs.link_noclobber(tmp_fd, tmp, dst_fd, name, where=where)
+            finally:
+                _fs.unlink_quietly(tmp_fd, tmp)
+        if placed is _fs.Placed.CREATED:
+            self.touch(dirs)
+        return placed
+
+    def touch(self, parts: tuple[str, ...]) -> None:
+        """Note that the directory *parts* gained or lost an entry."""
+        self._touched.add(parts)
+
+    def fsync_touched(self) -> None:
+        """fsync every touched directory once, deepest first, and forget them."""
+        for parts in sorted(self._touched, key=len, reverse=True):
+            _fs.fsync_dir(self.dir_fd(parts, create=False))
+        self._touched.clear()
+
+    def close(self) -> None:
+        """Close every cached directory fd."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 from dicomcommit.cli.display import print_summary, print_table
 from dicomcommit.committing.driver import commit
 from dicomcommit.errors import EXIT_FAILURE, EXIT_OK, UsageError
-from dicomcommit.manifests.sqlite import Manifest
+from dicomcommit.manifests import open_manifest
 from dicomcommit.scanning import scan_staging
 from dicomcommit.staging.stager import Stager
 from dicomcommit.synthetic import plan_jobs, synthetic_dataset
@@ -59,7 +59,7 @@ def run_demo(staging: Path, archive: Path, *, workers: int, files: int, out: Tex
     commit_s = time.perf_counter() - started
     print(f"committed into {archive}/ in {commit_s:.2f} s ({len(jobs) / commit_s:,.0f} files/s)", file=out)
     print_summary(report, archive, out)
-    with Manifest(archive) as manifest:
+    with open_manifest(archive) as manifest:
         conflicts = manifest.records("conflict", run=report.run)
     print(f"\nconflicts of this run ({len(conflicts)}; first 10):", file=out)
     print_table(conflicts[:10], out)

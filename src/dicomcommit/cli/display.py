@@ -14,7 +14,7 @@ from typing import TextIO, TypeAlias
 
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import RecoverReport
-from dicomcommit.manifests.sqlite import Record
+from dicomcommit.manifests.records import Record
 from dicomcommit.review.show import Shown
 
 _SURROGATE_BYTES = range(0xDC80, 0xDD00)  # os.fsdecode's stand-ins for the bytes 0x80-0xFF

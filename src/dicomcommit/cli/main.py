@@ -34,7 +34,8 @@ from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import DEFAULT_PART_AGE, recover
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve_many
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
-from dicomcommit.manifests.sqlite import STATUSES, Manifest
+from dicomcommit.manifests import open_manifest
+from dicomcommit.manifests.records import STATUSES
 from dicomcommit.naming import DEFAULT_TEMPLATE
 from dicomcommit.review.report import write_report
 from dicomcommit.review.show import show
@@ -344,7 +345,7 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    with Manifest(args.archive) as manifest:
+    with open_manifest(args.archive) as manifest:
         records = manifest.records(None if args.status == "all" else args.status)
     if args.format == "json":
         json.dump([r.to_dict() for r in records], sys.stdout, indent=2)

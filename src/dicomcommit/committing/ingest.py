@@ -18,17 +18,18 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from dicomcommit.archives.filesystem import check_dirs, check_lock_timeout, check_seconds, new_run_id
-from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, OnConflict, Progress, commit_names
+from dicomcommit.checks import check_batch_size, check_dirs, check_lock_timeout, check_seconds
+from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, OnConflict, Progress, check_on_conflict, run
 from dicomcommit.committing.outcomes import CommitReport
-from dicomcommit.committing.planning import plan
+from dicomcommit.committing.sources import SourceTree
 from dicomcommit.dicom.headers import Described, describe
-from dicomcommit.errors import UsageError, names_os_errors
+from dicomcommit.errors import IngestError, UsageError, names_os_errors
+from dicomcommit.manifests.records import new_run_id
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
 from dicomcommit.scanning import scan_staging
 
 
-@names_os_errors("ingest")
+@names_os_errors("ingest", IngestError)
 def ingest(
     source_dir: str | os.PathLike[str],
     archive_dir: str | os.PathLike[str],
@@ -63,14 +64,15 @@ def ingest(
     Raises:
         UsageError: *jobs* out of range, or as ``commit`` (a bad batch size, lock timeout,
             directory).
-        TemplateError, ConflictError, LockTimeout, CommitError: as ``commit``.
+        TemplateError, ConflictError, LockTimeout, LockError, ArchiveError: as ``commit``.
+        IngestError: an OS error on a named file; that file is still in the source tree.
     """
     cpus = usable_cpus()
     if not 1 <= jobs <= cpus:
         raise UsageError(f"jobs must be from 1 to {cpus} (the CPUs this process may use), not {jobs}")
     # Checked before the walk, which can take minutes on a big tree.
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+    check_on_conflict(on_conflict)
+    check_batch_size(batch_size)
     check_lock_timeout(lock_timeout)
     settle = (DEFAULT_SETTLE if move else 0.0) if settle is None else settle
     check_seconds("settle", settle)
@@ -79,14 +81,10 @@ def ingest(
     # A source tree is no staging directory: a file named *.part there is just a name.
     scan = scan_staging(source, include_hidden=True, skip_parts=False)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=list(scan.skipped))
-    if dry_run:
-        plan(source, archive, scan.files, parsed, report, leave_invalid=True, source_prefix=f"{source}/",
-             settle=settle)  # fmt: skip
-        return report
     described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
-    commit_names(source, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable,
-                 batch_size=batch_size, lock_timeout=lock_timeout, progress=progress,
-                 mode="move" if move else "copy", described=described, settle=settle)  # fmt: skip
+    tree = SourceTree(source, settle=settle, move=move, described=described or {})
+    run(tree, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable, batch_size=batch_size,
+        lock_timeout=lock_timeout, progress=progress)  # fmt: skip
     return report
 
 

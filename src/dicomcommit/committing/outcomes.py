@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomcommit.manifests.sqlite import Record
+from dicomcommit.manifests.records import REVIEWED, NewRecord, Record, Status
 
-_REVIEW = frozenset({"conflict", "invalid"})
-_COUNTED = {"committed": "committed", "duplicate": "duplicates", "conflict": "conflicts", "invalid": "invalid"}
+_COUNTED = {Status.COMMITTED: "committed", Status.DUPLICATE: "duplicates", Status.CONFLICT: "conflicts",
+            Status.INVALID: "invalid"}  # fmt: skip
 
 
 @dataclass
@@ -21,9 +21,9 @@ class CommitReport:
     invalid: int = 0
     run: str = ""
     dry_run: bool = False
-    #: The conflicts and invalid files of this run (in a dry run: every predicted outcome).
-    #: Every outcome is in the manifest: ``Manifest(archive).records(run=report.run)``.
-    records: list[Record] = field(default_factory=list)
+    #: The conflicts and invalid files of this run, as stored (in a dry run: every predicted
+    #: outcome, not stored). Every outcome is in the manifest: ``Manifest(archive).records(run=report.run)``.
+    records: list[Record | NewRecord] = field(default_factory=list)
     #: Files left where they were, with why: unfinished .part files, symlinks, special files,
     #: and (ingest) files that are not DICOM.
     left_in_place: list[tuple[str, str]] = field(default_factory=list)
@@ -38,11 +38,11 @@ class CommitReport:
         """True when conflicts or invalid files were recorded."""
         return bool(self.conflicts or self.invalid)
 
-    def count(self, record: Record) -> None:
+    def count(self, record: Record | NewRecord) -> None:
         """Add *record* to the counts and the list."""
         field_name = _COUNTED[record.status]
         setattr(self, field_name, getattr(self, field_name) + 1)
-        if self.dry_run or record.status in _REVIEW:
+        if self.dry_run or record.status in REVIEWED:
             self.records.append(record)
 
     def counts(self) -> dict[str, int]:

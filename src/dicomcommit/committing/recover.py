@@ -28,16 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from dicomcommit import _fs
-from dicomcommit.archives.filesystem import archive_lock, check_seconds, new_run_id
-from dicomcommit.committing.driver import OnConflict, commit_names
+from dicomcommit.archives import BaseArchive, open_archive
+from dicomcommit.archives.base import Payload
+from dicomcommit.checks import check_dir, check_seconds
+from dicomcommit.committing.driver import OnConflict, run
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.rebuild import rebuild
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve
+from dicomcommit.committing.sources import StagingDir
 from dicomcommit.dicom.headers import NotDicom, read_attrs
-from dicomcommit.errors import UsageError
-from dicomcommit.hashing import hash_at, hash_file, sha256_at
-from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, PART_SUFFIX, STATE_DIR, TMP_DIR
-from dicomcommit.manifests.sqlite import FOUND_IN_ARCHIVE, Manifest, Record, now
+from dicomcommit.hashing import hash_file, sha256_at
+from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, PART_SUFFIX, TMP_DIR
+from dicomcommit.manifests import BaseManifest, open_manifest
+from dicomcommit.manifests.records import FOUND_IN_ARCHIVE, NewRecord, Record, Status, new_run_id, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template
 from dicomcommit.scanning import scan_staging
 from dicomcommit.staging.journal import JournalIndex, owner_alive, part_owner
@@ -104,42 +107,48 @@ def recover(
     """
     archive = Path(archive_dir)
     staging = None if staging_dir is None else Path(staging_dir)
-    if not archive.is_dir():
-        raise UsageError(f"archive {archive} does not exist or is not a directory")
-    if staging is not None and not staging.is_dir():
-        raise UsageError(f"staging directory {staging} does not exist or is not a directory")
+    check_dir(archive, "archive")
+    if staging is not None:
+        check_dir(staging, "staging directory")
     check_seconds("part_age", part_age)
     report = RecoverReport(check=check)
-    lock = archive_lock(archive, lock_timeout)
+    store = open_archive(archive)
+    lock = store.lock(lock_timeout)
     if rebuild_manifest and not check:
         with lock:
-            report.set_aside = rebuild(archive, template or DEFAULT_TEMPLATE)
-    with Manifest(archive, create=True) as manifest:
+            report.set_aside = rebuild(store, template or DEFAULT_TEMPLATE)
+    with open_manifest(archive, create=True) as manifest, store:
         _finish_resolves(archive, manifest, check=check, report=report, lock_timeout=lock_timeout)
         if staging is not None:
-            _finish_linked(staging, archive, manifest, template, check=check, report=report)
+            _finish_linked(staging, store, manifest, template, check=check, report=report)
         with lock:
             if staging is not None:
-                _abandoned_parts(staging, archive, manifest, part_age=part_age, check=check, report=report)
-            _temp_copies(archive, check, report)
-            _reconcile(archive, manifest, verify, check, report)
+                _abandoned_parts(staging, store, manifest, part_age=part_age, check=check, report=report)
+            _temp_copies(store, check, report)
+            _reconcile(store, manifest, verify, check, report)
     return report
 
 
 def _finish_resolves(
-    archive: Path, manifest: Manifest, *, check: bool, report: RecoverReport, lock_timeout: float | None
+    archive: Path, manifest: BaseManifest, *, check: bool, report: RecoverReport, lock_timeout: float | None
 ) -> None:
     """Decisions a killed ``resolve`` recorded (it records each before touching a file) but
     did not finish: carried out now, as decided."""
-    for row in manifest.records("conflict"):
+    for row in manifest.records(Status.CONFLICT):
         if row.resolution in KEEP_CHOICES:
             report.resolves_finished.append(f"#{row.id} {row.target} (--keep {row.resolution})")
             if not check:
-                resolve(archive, row.id or 0, row.resolution, lock_timeout=lock_timeout)
+                resolve(archive, row.id, row.resolution, lock_timeout=lock_timeout)
 
 
 def _finish_linked(
-    staging: Path, archive: Path, manifest: Manifest, template: str | None, *, check: bool, report: RecoverReport
+    staging: Path,
+    archive: BaseArchive,
+    manifest: BaseManifest,
+    template: str | None,
+    *,
+    check: bool,
+    report: RecoverReport,
 ) -> None:
     """Staged files a killed commit had linked into the archive (the same inode is there),
     finished as that run would have: under its template and conflict policy. A file with
@@ -165,11 +174,12 @@ def _finish_linked(
     if check:
         return
     for (parsed, on_conflict), names in groups.items():
-        commit_names(staging, archive, names, parsed, CommitReport(run=new_run_id()), on_conflict=on_conflict)
+        run(StagingDir(staging), Path(archive.location), names, parsed, CommitReport(run=new_run_id()),
+            on_conflict=on_conflict)  # fmt: skip
 
 
 def _placement_of(
-    staging: Path, archive: Path, name: str, candidates: list[Template], journal: JournalIndex
+    staging: Path, archive: BaseArchive, name: str, candidates: list[Template], journal: JournalIndex
 ) -> tuple[Template, OnConflict] | None:
     """Where a killed commit linked *name*, as (template, conflict policy): at its target
     under one of the candidate templates, at the derived name of ``--on-conflict suffix``,
@@ -177,10 +187,7 @@ def _placement_of(
     st = os.stat(staging / name, follow_symlinks=False)
 
     def there(rel: str) -> bool:
-        try:
-            return os.path.samestat(st, os.stat(archive / rel, follow_symlinks=False))
-        except OSError:
-            return False
+        return archive.holds(staging / name, rel)
 
     sha256 = sha256_at(staging / name) if st.st_nlink > 1 else None  # one name: linked nowhere
     if sha256 is None:
@@ -203,7 +210,7 @@ def _placement_of(
     kept = there("/".join((*CONFLICTS_DIR, f"{sha256}.dcm")))
     for candidate in candidates:
         target = candidate.render(attrs)
-        if there(target) or (kept and os.path.lexists(archive / target)):
+        if there(target) or (kept and archive.exists(target)):
             return candidate, "record"
         if there(derived_name(target, sha256)):
             return candidate, "suffix"
@@ -211,12 +218,11 @@ def _placement_of(
 
 
 def _abandoned_parts(
-    staging: Path, archive: Path, manifest: Manifest, *, part_age: float, check: bool, report: RecoverReport
+    staging: Path, archive: BaseArchive, manifest: BaseManifest, *, part_age: float, check: bool, report: RecoverReport
 ) -> None:
     open_inodes = _open_inodes()
     cutoff = time.time() - part_age
     staging_fd = _fs.open_root(staging)
-    tree = _fs.DirTree(archive, tmp=TMP_DIR)
     records = []
     try:
         with os.scandir(staging) as listing:
@@ -239,26 +245,27 @@ def _abandoned_parts(
             report.parts_moved.append(entry.name)
             if not check:
                 with contextlib.suppress(FileNotFoundError):
-                    records.append(_set_aside_part(staging_fd, entry.name, tree))
-        tree.fsync_touched()
+                    records.append(_set_aside_part(staging, staging_fd, entry.name, archive))
+        archive.sync()
         manifest.add(records)
         for record in records:
             _fs.unlink_quietly(staging_fd, record.source)
     finally:
-        tree.close()
+        archive.release()
         os.close(staging_fd)
 
 
-def _set_aside_part(staging_fd: int, name: str, tree: _fs.DirTree) -> Record:
+def _set_aside_part(staging: Path, staging_fd: int, name: str, archive: BaseArchive) -> NewRecord:
     fd = _fs.open_read(name, staging_fd)
     try:
         sha256, size = hash_file(fd)
-        tree.link_in(staging_fd, name, INVALID_DIR, sha256, open_src=lambda: fd, copy=False)
+        where = "/".join((*INVALID_DIR, sha256))
+        payload = Payload(staging_fd, name, str(staging / name), os.fstat(fd).st_nlink, False, lambda: fd)
+        archive.place(payload, where)
     finally:
         os.close(fd)
-    where = "/".join((*INVALID_DIR, sha256))
-    detail = "unfinished stage (.part) abandoned by a writer that is gone; set aside by recover"
-    return Record("invalid", None, where, name, size, sha256, run="recover", time=now(), detail=detail)
+    detail = f"unfinished stage ({PART_SUFFIX}) abandoned by a writer that is gone; set aside by recover"
+    return NewRecord(Status.INVALID, None, where, name, size, sha256, run="recover", time=now(), detail=detail)
 
 
 def _open_inodes() -> set[tuple[int, int]]:
@@ -282,42 +289,39 @@ def _open_inodes() -> set[tuple[int, int]]:
     return found
 
 
-def _temp_copies(archive: Path, check: bool, report: RecoverReport) -> None:
+def _temp_copies(archive: BaseArchive, check: bool, report: RecoverReport) -> None:
     """Copies made across filesystems live only inside a locked batch: any left are ours to remove."""
-    tmp = archive.joinpath(*TMP_DIR)
-    if not tmp.is_dir():
-        return
-    for path in sorted(tmp.iterdir()):
-        report.tmp_removed.append(path.name)
+    for rel in archive.files(TMP_DIR):
+        report.tmp_removed.append(rel.rpartition("/")[2])
         if not check:
-            path.unlink()
+            archive.remove(rel)
 
 
-def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, report: RecoverReport) -> None:
+def _reconcile(archive: BaseArchive, manifest: BaseManifest, verify: bool, check: bool, report: RecoverReport) -> None:
     """The filesystem is the truth: rows for unrecorded files; loud reports for missing bytes."""
     by_path: dict[str, Record] = {}
     hashes: dict[int, str] = {}
     for record in manifest.records():
-        if record.status == "duplicate":  # its bytes are another row's: they must be there
-            if not os.path.lexists(archive / record.path):
+        if record.status is Status.DUPLICATE:  # its bytes are another row's: they must be there
+            if not archive.exists(record.path):
                 report.missing.append(f"#{record.id} duplicate of {record.path}")
-            elif verify and record.sha256 not in (None, sha256_at(archive / record.path)):
+            elif verify and record.sha256 not in (None, archive.sha256(record.path)):
                 report.mismatched.append(f"#{record.id} duplicate of {record.path}: its bytes are not these")
             continue
         by_path.setdefault(record.path, record)
         sha256 = _check_bytes(archive, record, verify, report)
         if sha256 is not None and record.sha256 is None:
             report.hashed.append(f"#{record.id} {record.path}")
-            hashes[record.id or 0] = sha256
+            hashes[record.id] = sha256
     if hashes and not check:
         with manifest.transaction():
             for record_id, sha256 in hashes.items():
                 manifest.update(record_id, sha256=sha256)
     added = []
-    for rel in _archive_files(archive):
+    for rel in archive.files():
         if rel in by_path:
             continue
-        found = hash_at(archive / rel)
+        found = archive.hash(rel)
         if found is None:
             report.mismatched.append(f"{rel}: not a regular file (a symlink?), left alone")
             continue
@@ -326,35 +330,25 @@ def _reconcile(archive: Path, manifest: Manifest, verify: bool, check: bool, rep
             sha256, size = found
             detail = "in the archive with no manifest row; recorded by recover"
             source = f"{FOUND_IN_ARCHIVE}{rel}"
-            added.append(Record("committed", rel, rel, source, size, sha256, run="recover", time=now(), detail=detail))
+            added.append(NewRecord(Status.COMMITTED, rel, rel, source, size, sha256, run="recover", time=now(),
+                                   detail=detail))  # fmt: skip
     manifest.add(added)
 
 
-def _check_bytes(archive: Path, record: Record, verify: bool, report: RecoverReport) -> str | None:
+def _check_bytes(archive: BaseArchive, record: Record, verify: bool, report: RecoverReport) -> str | None:
     """Report missing or differing bytes; with *verify*, return the hash of the bytes there."""
-    try:
-        st = os.stat(archive / record.path, follow_symlinks=False)
-    except FileNotFoundError:
+    if not archive.exists(record.path):
         report.missing.append(f"#{record.id} {record.status} {record.path}")
         return None
-    if st.st_size != record.size:
-        report.mismatched.append(f"#{record.id} {record.path}: {st.st_size} bytes, the manifest says {record.size}")
+    size = archive.size(record.path)
+    if size != record.size:
+        what = "not a regular file" if size is None else f"{size} bytes"
+        report.mismatched.append(f"#{record.id} {record.path}: {what}, the manifest says {record.size}")
         return None
     if not verify:
         return None
-    sha256 = sha256_at(archive / record.path)
+    sha256 = archive.sha256(record.path)
     if sha256 is None or record.sha256 not in (None, sha256):
         report.mismatched.append(f"#{record.id} {record.path}: sha256 {sha256}, the manifest says {record.sha256}")
         return None
     return sha256
-
-
-def _archive_files(archive: Path) -> list[str]:
-    files = []
-    for directory, dirs, names in os.walk(archive):
-        rel_dir = os.path.relpath(directory, archive)
-        if rel_dir == ".":
-            dirs[:] = [d for d in dirs if d != STATE_DIR]
-            rel_dir = ""
-        files += [f"{rel_dir}/{n}" if rel_dir else n for n in names]
-    return sorted(files)

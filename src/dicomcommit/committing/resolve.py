@@ -18,16 +18,15 @@ import os
 import socket
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Literal
 
-from dicomcommit import _fs
 from dicomcommit._faults import point
-from dicomcommit.archives.filesystem import archive_lock
-from dicomcommit.errors import CommitError, DicomCommitError, UsageError
-from dicomcommit.hashing import sha256_at
+from dicomcommit._fs import Placed
+from dicomcommit.archives import BaseArchive, open_archive
+from dicomcommit.errors import DicomCommitError, ResolveError, UsageError
 from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
-from dicomcommit.manifests.sqlite import Manifest, Record, now
+from dicomcommit.manifests import BaseManifest, open_manifest
+from dicomcommit.manifests.records import Record, Status, now
 from dicomcommit.naming import derived_name
 
 Keep = Literal["existing", "staged", "both"]
@@ -42,7 +41,8 @@ def resolve(
     Raises:
         UsageError: *keep* is not a choice, or the row is not an open conflict.
         ManifestError: no such row.
-        CommitError: a filesystem operation failed; rerun to finish.
+        LockTimeout, LockError: the archive lock was not taken.
+        ResolveError: an operation on the archive failed; rerun to finish.
     """
     return resolve_many(archive_dir, keep, ids=[record_id], lock_timeout=lock_timeout)[0]
 
@@ -64,130 +64,121 @@ def resolve_many(
     """
     if keep not in KEEP_CHOICES:
         raise UsageError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
-    archive = Path(archive_dir)
-    lock = archive_lock(archive, lock_timeout)
+    archive = open_archive(archive_dir)
+    lock = archive.lock(lock_timeout)
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     done = []
-    with lock, Manifest(archive) as manifest:
+    with lock, open_manifest(archive_dir) as manifest:
         if ids is not None:
             rows = [manifest.get(record_id) for record_id in ids]
             for row in rows:
-                if row.status != "conflict" and row.resolution is None:
+                if row.status is not Status.CONFLICT and row.resolution is None:
                     raise UsageError(f"#{row.id} is {row.status}, not a conflict: nothing to resolve")
         else:
             # Open conflicts, and decisions an interrupted run recorded but did not finish
             # (their conflict copy is still there): rerunning the same command finishes them.
-            rows = [r for r in manifest.records("conflict", run=run)
+            rows = [r for r in manifest.records(Status.CONFLICT, run=run)
                     if target is None or fnmatch.fnmatchcase(r.target or "", target)]  # fmt: skip
-            rows += [r for r in manifest.records(("resolved", "committed"), run=run, resolved=True)
-                     if r.resolution == keep and r.sha256 is not None and (archive / _conflict_copy(r)).is_file()
+            rows += [r for r in manifest.records((Status.RESOLVED, Status.COMMITTED), run=run, resolved=True)
+                     if r.resolution == keep and r.sha256 is not None and archive.size(_conflict_copy(r)) is not None
                      and (target is None or fnmatch.fnmatchcase(r.target or "", target))]  # fmt: skip
         rows = _intend(manifest, rows, keep, who)
-        tree = _fs.DirTree(archive)
-        try:
+        with archive:
             for row in rows:
-                _guarded(archive, row, partial(_ACTIONS[keep], archive, row, tree, manifest, who))
-                done.append(manifest.get(row.id or 0))
-        finally:
-            tree.close()
+                _guarded(archive, row, partial(_ACTIONS[keep], archive, row, manifest, who))
+                done.append(manifest.get(row.id))
     return done
 
 
-def _intend(manifest: Manifest, rows: list[Record], keep: Keep, who: str) -> list[Record]:
+def _intend(manifest: BaseManifest, rows: list[Record], keep: Keep, who: str) -> list[Record]:
     """Record the decision on each open conflict before any file is touched (one transaction):
     a resolve killed at any later step is then finished as decided, by rerunning it or by
     ``recover``, and nothing has to be guessed from which files exist."""
     for row in rows:
-        if row.status == "conflict" and row.resolution not in (None, keep):
+        if row.status is Status.CONFLICT and row.resolution not in (None, keep):
             raise UsageError(f"#{row.id}: an interrupted resolve decided --keep {row.resolution}; rerun that "
                              "(or recover) to finish it first")  # fmt: skip
-    pending = [row for row in rows if row.status == "conflict" and row.resolution is None]
+    pending = [row for row in rows if row.status is Status.CONFLICT and row.resolution is None]
     if pending:
         with manifest.transaction():
             for row in pending:
-                manifest.update(row.id or 0, **_stamp(keep, who))
-    return [manifest.get(row.id or 0) for row in rows]
+                manifest.update(row.id, **_stamp(keep, who))
+    return [manifest.get(row.id) for row in rows]
 
 
-def _guarded(archive: Path, row: Record, action: Callable[[], None]) -> None:
+def _guarded(archive: BaseArchive, row: Record, action: Callable[[], None]) -> None:
     try:
         action()
     except DicomCommitError:
         raise
     except OSError as exc:
-        raise CommitError(
-            f"cannot resolve #{row.id} ({exc.strerror}); rerun to finish", archive / row.path, exc
-        ) from exc
+        where = f"{archive.location}/{row.path}"
+        raise ResolveError(f"cannot resolve #{row.id} ({exc.strerror}); rerun to finish", where, exc) from exc
 
 
-def _keep_existing(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest, who: str) -> None:
+def _keep_existing(archive: BaseArchive, row: Record, manifest: BaseManifest, who: str) -> None:
     rejected = "/".join((*REJECTED_DIR, f"{_hash_of(row)}.dcm"))
-    if row.status == "conflict":  # decided, not carried out yet
-        _link_rel(tree, _conflict_copy(row), rejected)
-        tree.fsync_touched()
+    if row.status is Status.CONFLICT:  # decided, not carried out yet
+        _link_rel(archive, _conflict_copy(row), rejected)
+        archive.sync()
         point("resolve:after-link")
         with manifest.transaction():
-            manifest.update(row.id or 0, status="resolved", path=rejected, detail="kept the committed file; "
+            manifest.update(row.id, status=Status.RESOLVED, path=rejected, detail="kept the committed file; "
                             "this copy rejected", **_stamp("existing", who))  # fmt: skip
             _repoint_duplicates(manifest, row, rejected)
         point("resolve:after-manifest")
     _drop_conflict_copy(archive, row, manifest)
 
 
-def _keep_both(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest, who: str) -> None:
+def _keep_both(archive: BaseArchive, row: Record, manifest: BaseManifest, who: str) -> None:
     assert row.target is not None
     derived_rel = derived_name(row.target, _hash_of(row))
-    if row.status == "conflict":  # decided, not carried out yet
-        _link_rel(tree, _conflict_copy(row), derived_rel)
-        tree.fsync_touched()
+    if row.status is Status.CONFLICT:  # decided, not carried out yet
+        _link_rel(archive, _conflict_copy(row), derived_rel)
+        archive.sync()
         point("resolve:after-link")
         with manifest.transaction():
-            manifest.update(row.id or 0, status="committed", path=derived_rel,
+            manifest.update(row.id, status=Status.COMMITTED, path=derived_rel,
                             detail=f"conflict with {row.target}; both kept", **_stamp("both", who))  # fmt: skip
             _repoint_duplicates(manifest, row, derived_rel)
         point("resolve:after-manifest")
     _drop_conflict_copy(archive, row, manifest)
 
 
-def _keep_staged(archive: Path, row: Record, tree: _fs.DirTree, manifest: Manifest, who: str) -> None:
+def _keep_staged(archive: BaseArchive, row: Record, manifest: BaseManifest, who: str) -> None:
     assert row.target is not None
-    if row.status != "conflict":
+    if row.status is not Status.CONFLICT:
         return  # carried out and recorded
-    dirs, fname = _fs.split_rel(row.target)
-    target_fd = tree.dir_fd(dirs, create=False)
-    current = sha256_at(fname, dir_fd=target_fd)
+    current = archive.sha256(row.target)
     old = current if current not in (None, row.sha256) else row.existing_sha256
     replaced = "/".join((*REPLACED_DIR, f"{old}.dcm"))
     if current != row.sha256:  # not swapped yet (or interrupted before the swap)
         if _shared(manifest, row):
             raise UsageError(f"#{row.id}: its bytes are also another open conflict's; resolve that one first")
         if current is not None:
-            _link_rel(tree, row.target, replaced)  # the old file keeps a name before it loses this one
-            tree.fsync_touched()
+            _link_rel(archive, row.target, replaced)  # the old file keeps a name before it loses this one
+            archive.sync()
         point("resolve:after-link")
-        src_dirs, src_name = _fs.split_rel(_conflict_copy(row))
-        # rename(2) replaces the target atomically: readers see the old file or the new one
-        os.rename(src_name, fname, src_dir_fd=tree.dir_fd(src_dirs), dst_dir_fd=target_fd)
-        _fs.fsync_dir(target_fd)
-        _fs.fsync_dir(tree.dir_fd(src_dirs))
+        archive.replace(_conflict_copy(row), row.target)  # readers see the old file or the new one
+        archive.sync()
         point("resolve:after-rename")
     with manifest.transaction():
-        for other in manifest.records("committed", path=row.target):
+        for other in manifest.records(Status.COMMITTED, path=row.target):
             if other.id != row.id:
                 hashed = {"sha256": old} if other.sha256 is None else {}  # a foreign file: hashed now
-                manifest.update(other.id or 0, status="resolved", path=replaced,
+                manifest.update(other.id, status=Status.RESOLVED, path=replaced,
                                 detail=f"replaced by #{row.id}", **hashed, **_stamp("replaced", who))  # fmt: skip
-        for duplicate in manifest.records("duplicate", path=row.target):
+        for duplicate in manifest.records(Status.DUPLICATE, path=row.target):
             if duplicate.sha256 in (None, old):  # duplicates of the old file follow it
-                manifest.update(duplicate.id or 0, path=replaced)
-        manifest.update(row.id or 0, status="committed", path=row.target,
+                manifest.update(duplicate.id, path=replaced)
+        manifest.update(row.id, status=Status.COMMITTED, path=row.target,
                         detail=f"conflict resolved: replaced the file committed before (kept at {replaced})",
                         **_stamp("staged", who))  # fmt: skip
         _repoint_duplicates(manifest, row, row.target)
     point("resolve:after-manifest")
 
 
-_ACTIONS: dict[str, Callable[[Path, Record, _fs.DirTree, Manifest, str], None]] = {
+_ACTIONS: dict[str, Callable[[BaseArchive, Record, BaseManifest, str], None]] = {
     "existing": _keep_existing,
     "staged": _keep_staged,
     "both": _keep_both,
@@ -198,17 +189,12 @@ def _stamp(resolution: str, who: str) -> dict[str, str]:
     return {"resolution": resolution, "resolved_by": who, "resolved_at": now()}
 
 
-def _link_rel(tree: _fs.DirTree, src: str, dst: str) -> None:
+def _link_rel(archive: BaseArchive, src: str, dst: str) -> None:
     """Give the archive file *src* the extra name *dst*; fine if it already has it."""
-    src_dirs, src_name = _fs.split_rel(src)
-    dst_dirs, dst_name = _fs.split_rel(dst)
-    dst_fd = tree.dir_fd(dst_dirs)
-    placed = _fs.link_noclobber(tree.dir_fd(src_dirs), src_name, dst_fd, dst_name, where=str(tree.root / dst))
-    if placed is _fs.Placed.EXISTS:
-        src_sha = sha256_at(src_name, dir_fd=tree.dir_fd(src_dirs))
-        if src_sha is None or src_sha != sha256_at(dst_name, dir_fd=dst_fd):
-            raise CommitError("a different file already holds this name", tree.root / dst)
-    tree.touch(dst_dirs)
+    if archive.link(src, dst) is Placed.EXISTS:
+        src_sha = archive.sha256(src)
+        if src_sha is None or src_sha != archive.sha256(dst):
+            raise ResolveError("a different file already holds this name", f"{archive.location}/{dst}")
 
 
 def _conflict_copy(row: Record) -> str:
@@ -223,17 +209,17 @@ def _hash_of(row: Record) -> str:
     return row.sha256
 
 
-def _repoint_duplicates(manifest: Manifest, row: Record, path: str) -> None:
+def _repoint_duplicates(manifest: BaseManifest, row: Record, path: str) -> None:
     """Rows recorded as duplicates of this conflict's copy follow its bytes to *path*."""
-    for duplicate in manifest.records("duplicate", path=_conflict_copy(row)):
-        manifest.update(duplicate.id or 0, path=path)
+    for duplicate in manifest.records(Status.DUPLICATE, path=_conflict_copy(row)):
+        manifest.update(duplicate.id, path=path)
 
 
-def _shared(manifest: Manifest, row: Record) -> bool:
-    return any(r.id != row.id for r in manifest.records("conflict", path=_conflict_copy(row)))
+def _shared(manifest: BaseManifest, row: Record) -> bool:
+    return any(r.id != row.id for r in manifest.records(Status.CONFLICT, path=_conflict_copy(row)))
 
 
-def _drop_conflict_copy(archive: Path, row: Record, manifest: Manifest) -> None:
+def _drop_conflict_copy(archive: BaseArchive, row: Record, manifest: BaseManifest) -> None:
     """Remove the conflicts/ name once the bytes have their new name and no open conflict needs it."""
     if not _shared(manifest, row):
-        (archive / _conflict_copy(row)).unlink(missing_ok=True)
+        archive.remove(_conflict_copy(row))

@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote
 from pathlib import Path
@@ -25,11 +24,10 @@ from urllib.parse import quote
 from dicomcommit._faults import point
 from dicomcommit.errors import ManifestDamaged, ManifestError
 from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
+from dicomcommit.manifests.base import BaseManifest
+from dicomcommit.manifests.records import REVIEWED, NewRecord, Record, Status, now
 from dicomcommit.naming import Attrs
 
-STATUSES = ("committed", "duplicate", "conflict", "invalid", "resolved")
-#: The source of a row ``recover`` made for a file it found in the archive with no row.
-FOUND_IN_ARCHIVE = "archive:"
 _REVIEWED = "status IN ('conflict', 'invalid')"  # the condition of the partial index files_review
 _RESOLUTION_COLUMNS = ("resolution", "resolved_by", "resolved_at")
 
@@ -92,43 +90,8 @@ def failure(path: Path, exc: Exception, what: str) -> ManifestError:
     return ManifestError(f"{what} {path}: {exc}")
 
 
-def now() -> str:
-    """The current time as the manifest stores it."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One row of the manifest."""
-
-    status: str
-    target: str | None
-    path: str
-    source: str
-    size: int
-    sha256: str | None  # None: a foreign file not hashed yet
-    attrs: Attrs = field(default_factory=dict)
-    run: str = ""
-    time: str = ""
-    detail: str = ""
-    existing_sha256: str | None = None
-    id: int | None = None
-    resolution: str | None = None
-    resolved_by: str | None = None
-    resolved_at: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly dict, ``id`` first."""
-        data = asdict(self)
-        return {"id": data.pop("id"), **data}
-
-    def key(self) -> tuple[str, str]:
-        """The rerun key: its source, and its hash (or, not hashed, its path)."""
-        return self.source, self.sha256 or self.path
-
-
-class Manifest:
-    """The manifest of the archive *archive_dir*.
+class SQLiteManifest(BaseManifest):
+    """The SQLite manifest of the archive *archive_dir*.
 
     Args:
         archive_dir: the archive root.
@@ -141,6 +104,7 @@ class Manifest:
 
     def __init__(self, archive_dir: str | os.PathLike[str], *, create: bool = False, durable: bool = True) -> None:
         self.path = Path(archive_dir) / STATE_DIR / MANIFEST_NAME
+        self.location = str(self.path)
         if self.path.is_symlink() or self.path.parent.is_symlink():
             raise ManifestError(f"{self.path} (or its directory) is a symlink; refusing to follow it")
         if not create and not self.path.is_file():
@@ -193,29 +157,30 @@ class Manifest:
             raise ManifestError(f"{self.path} has schema {version}, newer than this dicomcommit's {SCHEMA_VERSION}")
         return version
 
-    def add(self, records: Iterable[Record]) -> dict[tuple[str, str], Record]:
+    def add(self, records: Iterable[NewRecord]) -> dict[tuple[str, str], Record]:
         """Insert *records* in one transaction; return the stored rows (with their ids and
-        times) of those that need review (conflicts, invalid files), by :meth:`Record.key`.
+        times) of those that need review (conflicts, invalid files), by :meth:`NewRecord.key`.
 
         A row whose key (source and sha256, or source and path when not hashed) is there
         already is kept as is: a rerun records nothing twice. A duplicate found by hashing
         also fills in the hash of the unhashed row of the same source at the same path (a
-        foreign file committed earlier). A record that carries an ``id`` claims that row (one
-        ``recover`` made for a file it found in the archive, :data:`FOUND_IN_ARCHIVE`): the
-        row takes the record's source, attributes, run and detail.
+        foreign file committed earlier). A record that ``claims`` a row (one ``recover``
+        made for a file it found in the archive, :data:`FOUND_IN_ARCHIVE`) updates that row:
+        it takes the record's source, attributes, run and detail.
         """
         stamp = now()  # one time per batch: the time it was recorded
         records = list(records)
-        claims = [(_db(r.source), _attrs_json(r.attrs), r.run, _db(r.detail), r.sha256, r.id)
-                  for r in records if r.id is not None]  # fmt: skip
-        records = [r for r in records if r.id is None]
+        claims = [(_db(r.source), _attrs_json(r.attrs), r.run, _db(r.detail), r.sha256, r.claims)
+                  for r in records if r.claims is not None]  # fmt: skip
+        records = [r for r in records if r.claims is None]
         rows = [
-            (r.status, _db(r.target), _db(r.path), _db(r.source), r.size, r.sha256, r.existing_sha256,
+            (str(r.status), _db(r.target), _db(r.path), _db(r.source), r.size, r.sha256, r.existing_sha256,
              _attrs_json(r.attrs), r.run, r.time or stamp, _db(r.detail))
             for r in records
         ]  # fmt: skip
-        hashed = [(r.sha256, _db(r.source), _db(r.path)) for r in records if r.status == "duplicate" and r.sha256]
-        reviewed = [r.key() for r in records if r.status in ("conflict", "invalid")]
+        hashed = [(r.sha256, _db(r.source), _db(r.path)) for r in records
+                  if r.status is Status.DUPLICATE and r.sha256]  # fmt: skip
+        reviewed = [r.key() for r in records if r.status in REVIEWED]
         with self.transaction():
             self._db.executemany("UPDATE files SET sha256=? WHERE source=? AND path=? AND sha256 IS NULL", hashed)
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
@@ -265,7 +230,7 @@ class Manifest:
 
     def records(
         self,
-        status: str | Sequence[str] | None = None,
+        status: Status | str | Sequence[Status | str] | None = None,
         *,
         run: str | None = None,
         path: str | None = None,
@@ -276,10 +241,10 @@ class Manifest:
         where: list[str] = []
         args: list[str | bytes | None] = []
         if status is not None:
-            statuses = [status] if isinstance(status, str) else list(status)
+            statuses = [str(status)] if isinstance(status, str) else [str(s) for s in status]
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args += statuses
-            if set(statuses) <= {"conflict", "invalid"}:
+            if set(statuses) <= REVIEWED:
                 where.append(_REVIEWED)  # spelled as in the index, so that SQLite uses it
         if run is not None:
             where.append("run = ?")
@@ -323,14 +288,34 @@ class Manifest:
         """Close the database connection."""
         self._db.close()
 
-    def __enter__(self) -> Manifest:
-        return self
+    def rehearsal(self) -> SQLiteManifest:
+        """A copy of this manifest in memory, for a dry run (see :class:`BaseManifest`)."""
+        copy = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            self._db.backup(copy)
+        except sqlite3.Error as exc:
+            copy.close()
+            raise failure(self.path, exc, "cannot read the manifest") from exc
+        return SQLiteManifest._on(copy, self.path)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    @staticmethod
+    def exists(archive_dir: str | os.PathLike[str]) -> bool:
+        """Whether *archive_dir* has a manifest file."""
+        return (Path(archive_dir) / STATE_DIR / MANIFEST_NAME).is_file()
 
-    def __iter__(self) -> Iterator[Record]:
-        return iter(self.records())
+    @classmethod
+    def empty(cls, archive_dir: str | os.PathLike[str]) -> SQLiteManifest:
+        """A new manifest in memory, for a dry run on an archive that has none yet."""
+        manifest = cls._on(sqlite3.connect(":memory:", isolation_level=None), Path(archive_dir) / STATE_DIR
+                           / MANIFEST_NAME)  # fmt: skip
+        manifest._upgrade(create=True)
+        return manifest
+
+    @classmethod
+    def _on(cls, db: sqlite3.Connection, path: Path) -> SQLiteManifest:
+        manifest = cls.__new__(cls)
+        manifest.path, manifest.location, manifest._db = path, f"{path} (in memory)", db
+        return manifest
 
 
 class _Transaction:
@@ -388,7 +373,7 @@ def _attrs_json(attrs: Attrs) -> str:
 def _record(row: tuple[Any, ...]) -> Record:
     (record_id, status, target, path, source, size, sha256, existing, attrs, run, time, detail, *resolved) = row
     return Record(
-        status=status,
+        status=Status(status),
         target=_py(target),
         path=_py(path),
         source=_py(source),
@@ -404,3 +389,18 @@ def _record(row: tuple[Any, ...]) -> Record:
         resolved_by=resolved[1],
         resolved_at=resolved[2],
     )
+
+
+def set_aside(archive_dir: str | os.PathLike[str]) -> str | None:
+    """Rename the manifest of *archive_dir* (and its WAL files) to
+    ``manifest.sqlite.damaged-<time>``; returns where it went (None when there was none)."""
+    state = Path(archive_dir) / STATE_DIR
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = None
+    for suffix in ("", "-wal", "-shm"):
+        path = state / f"{MANIFEST_NAME}{suffix}"
+        if os.path.lexists(path):
+            aside = state / f"{MANIFEST_NAME}.damaged-{stamp}{suffix}"
+            os.rename(path, aside)  # a fresh name: nothing to clobber
+            kept = kept or str(aside)
+    return kept

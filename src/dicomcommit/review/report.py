@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels.processing import apply_modality_lut
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 
-from dicomcommit.manifests.sqlite import Manifest, Record
+from dicomcommit.archives import BaseArchive, open_archive
+from dicomcommit.manifests import open_manifest
+from dicomcommit.manifests.records import Record, Status
 from dicomcommit.review.show import Loaded, diff_loaded, load, warnings_logged
 from dicomcommit.staging.writing import write_file
 
@@ -35,12 +37,12 @@ def write_report(archive_dir: str | os.PathLike[str], output: str | os.PathLike[
         ManifestError: the archive has no manifest.
         FileOpError: *output* cannot be written (nothing partial is left there).
     """
-    archive = Path(archive_dir)
-    with Manifest(archive) as manifest:
-        conflicts = manifest.records("conflict")
-    sections = [_section(archive, row) for row in conflicts]
+    with open_manifest(archive_dir) as manifest:
+        conflicts = manifest.records(Status.CONFLICT)
+    with open_archive(archive_dir) as archive:
+        sections = [_section(archive, row) for row in conflicts]
     page = _PAGE.format(
-        title=html.escape(f"dicomcommit: {len(conflicts)} open conflicts in {archive}"),
+        title=html.escape(f"dicomcommit: {len(conflicts)} open conflicts in {archive.location}"),
         body="\n".join(sections) or "<p>No open conflicts.</p>",
     )
     # A name that is not UTF-8 (os.fsdecode gives it surrogates) is written as \udcXX, not a crash.
@@ -48,10 +50,10 @@ def write_report(archive_dir: str | os.PathLike[str], output: str | os.PathLike[
     return len(conflicts)
 
 
-def _section(archive: Path, row: Record) -> str:
+def _section(archive: BaseArchive, row: Record) -> str:
     # Each file is read once, for the differences and its image: pydicom's warnings about
     # it are logged once, and a 50 MB file is not read twice.
-    existing, staged = load(archive / (row.target or "")), load(archive / row.path)
+    existing, staged = load(Path(row.target or ""), archive), load(Path(row.path), archive)
     diff = diff_loaded(existing, staged)
     rows = "".join(
         f"<tr><td>{html.escape(e.tag)}</td><td>{html.escape(e.keyword)}</td>"
@@ -60,7 +62,8 @@ def _section(archive: Path, row: Record) -> str:
     )
     pixels = {None: "no pixel data", True: "pixel data differs", False: "pixel data identical"}[diff.pixels_differ]
     commands = "\n".join(
-        html.escape(f"dicomcommit resolve {archive} {row.id} --keep {keep}") for keep in ("existing", "staged", "both")
+        html.escape(f"dicomcommit resolve {archive.location} {row.id} --keep {keep}")
+        for keep in ("existing", "staged", "both")
     )
     error = f"<p class='error'>{html.escape(diff.error)}</p>" if diff.error else ""
     return f"""<section class="conflict" id="conflict-{row.id}">
@@ -121,24 +124,47 @@ def _render(ds: pydicom.Dataset, pixels: np.ndarray) -> bytes:
     color = ds.get("SamplesPerPixel", 1) == 3
     if pixels.ndim == (4 if color else 3):
         pixels = pixels[len(pixels) // 2]  # the middle frame
+    if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+        rgb = apply_color_lut(pixels, ds)[..., :3]  # 8- or 16-bit entries; an alpha channel is dropped
+        pixels, color = (rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)), True
     image = _to_rgb8(pixels) if color else _window(ds, pixels)
     step = max(1, -(-max(image.shape[:2]) // THUMBNAIL))
     return encode_png(np.ascontiguousarray(image[::step, ::step]))
 
 
 def _window(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
-    """8-bit grey: the file's first VOI window if it has one, else the 1st-99th percentiles."""
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
-    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
-    if center is not None and width is not None:
-        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-        low, high = center - width / 2, center + width / 2
+    """8-bit grey: pydicom's modality then VOI LUT or window (PS3.3 C.11), else the 1st-99th percentiles."""
+    values = apply_modality_lut(pixels, ds)
+    output = _voi_range(ds)
+    if output is None:
+        low, high = map(float, np.percentile(values, (1, 99)))
     else:
-        low, high = np.percentile(values, (1, 99))
-    scaled = (values - low) / max(high - low, 1e-9) * 255
-    grey = np.clip(scaled, 0, 255).astype(np.uint8)
+        with np.errstate(over="ignore"):  # SIGMOID's exp() far below the centre: the output is its minimum all the same
+            values = apply_voi_lut(values, ds)
+        low, high = output
+    scaled = (np.asarray(values, dtype=np.float64) - low) / ((high - low) or 1e-9) * 255
+    grey = np.rint(np.clip(scaled, 0, 255)).astype(np.uint8)
     return 255 - grey if ds.get("PhotometricInterpretation") == "MONOCHROME1" else grey
+
+
+def _voi_range(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """The range of what pydicom's ``apply_voi_lut`` gives for *ds* (as its code decides), None if it has no VOI."""
+    lut = ds.get("VOILUTSequence")
+    if lut and lut[0].get("LUTDescriptor") is not None and lut[0].get("LUTData") is not None:
+        return 0.0, 2.0 ** lut[0].LUTDescriptor[2] - 1  # the VOI LUT's entries: its bit depth
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    # apply_windowing maps onto the range of the modality LUT's output, else of the stored values, rescaled
+    if ds.get("ModalityLUTSequence"):
+        low, high = 0.0, 2.0 ** ds.ModalityLUTSequence[0].LUTDescriptor[2] - 1
+    elif ds.PixelRepresentation == 0:
+        low, high = 0.0, 2.0**ds.BitsStored - 1
+    else:
+        low, high = -(2.0 ** (ds.BitsStored - 1)), 2.0 ** (ds.BitsStored - 1) - 1
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:  # a negative slope swaps the ends: the scaling keeps the order
+        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return low, high
 
 
 def _to_rgb8(pixels: np.ndarray) -> np.ndarray:

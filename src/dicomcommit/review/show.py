@@ -15,8 +15,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicomcommit.hashing import hash_at
-from dicomcommit.manifests.sqlite import Manifest, Record
+from dicomcommit.archives import BaseArchive, open_archive
+from dicomcommit.manifests import open_manifest
+from dicomcommit.manifests.records import Record, Status
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 VALUE_WIDTH = 64
@@ -77,23 +78,23 @@ def show(archive_dir: str | Path, record_id: int) -> Shown:
     Raises:
         ManifestError: no manifest, or no such row.
     """
-    archive = Path(archive_dir)
-    with Manifest(archive) as manifest:
+    with open_manifest(archive_dir) as manifest:
         record = manifest.get(record_id)
     shown = Shown(record)
-    if record.status == "conflict" and record.target is not None:
-        shown.existing = _info(archive, record.target)
-        shown.staged = _info(archive, record.path)
-        shown.diff = diff_files(archive / record.target, archive / record.path)
+    if record.status is Status.CONFLICT and record.target is not None:
+        with open_archive(archive_dir) as archive:
+            shown.existing = _info(archive, record.target)
+            shown.staged = _info(archive, record.path)
+            shown.diff = diff_loaded(load(Path(record.target), archive), load(Path(record.path), archive))
     return shown
 
 
-def _info(archive: Path, rel: str) -> FileInfo:
-    path = archive / rel
-    found = hash_at(path)  # chunked: a 50 MB file is not read into memory at once
+def _info(archive: BaseArchive, rel: str) -> FileInfo:
+    path = f"{archive.location}/{rel}"
+    found = archive.hash(rel)  # chunked: a 50 MB file is not read into memory at once
     if found is None:
-        return FileInfo(str(path), None, None)
-    return FileInfo(str(path), found[1], found[0])
+        return FileInfo(path, None, None)
+    return FileInfo(path, found[1], found[0])
 
 
 @contextlib.contextmanager
@@ -125,18 +126,24 @@ class Loaded:
     error: str | None = None
 
 
-def load(path: Path) -> Loaded:
-    """Read *path* and convert every element (File Meta included), logging pydicom's warnings once.
+def load(path: Path, archive: BaseArchive | None = None) -> Loaded:
+    """Read *path* (a name in *archive*, if given) and convert every element (File Meta
+    included), logging pydicom's warnings once.
 
     Never raises for a file that cannot be read: ``error`` says why.
     """
-    with warnings_logged(path):
+    shown = path if archive is None else Path(archive.location) / path
+    with warnings_logged(shown):
         try:
-            ds = pydicom.dcmread(path)
+            if archive is None:
+                ds = pydicom.dcmread(path)
+            else:
+                with archive.open(path.as_posix()) as file:
+                    ds = pydicom.dcmread(file)
             # Values are converted on first access: an unknown VR raises here, not in dcmread.
-            return Loaded(path, ds, _elements(ds))
+            return Loaded(shown, ds, _elements(ds))
         except Exception as exc:  # pydicom raises many types on unreadable input
-            return Loaded(path, error=str(exc) or type(exc).__name__)
+            return Loaded(shown, error=str(exc) or type(exc).__name__)
 
 
 def diff_files(existing: Path, staged: Path) -> FileDiff:

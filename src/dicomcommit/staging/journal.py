@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicomcommit.layout import PART_SUFFIX
+from dicomcommit.layout import PART_SUFFIX, STATE_DIR
 from dicomcommit.naming import Attrs
 
-JOURNAL_DIR = (".dicomcommit", "journal")
+JOURNAL_DIR = (STATE_DIR, "journal")
 _CHUNK = 1 << 20
 _SUFFIX = ".jsonl"
 

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 
 from dicomcommit import _fs
 from dicomcommit.errors import EncodeError, FileOpError, TargetExistsError
+from dicomcommit.layout import PART_SUFFIX
 
 
 def encode(ds: Dataset, **kwargs: Any) -> memoryview:
@@ -71,7 +72,7 @@ def write_file(
     """
     path = Path(filename)
     name = path.name
-    temp = f".{name[:200]}.{uuid.uuid4().hex}.part"
+    temp = f".{name[:200]}.{uuid.uuid4().hex}{PART_SUFFIX}"
     try:
         dir_fd = _fs.open_root(path.parent)
     except OSError as exc:

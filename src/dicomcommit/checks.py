@@ -1,0 +1,64 @@
+"""The checks every command makes on its arguments before it touches anything."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from dicomcommit.errors import UsageError
+
+
+def check_lock_timeout(timeout: float | None) -> None:
+    """Refuse a lock timeout that is not None or a finite number of seconds, 0 or more.
+
+    Raises:
+        UsageError: naming the value (filelock would take a negative one as "forever").
+    """
+    if timeout is not None:
+        check_seconds("lock_timeout", timeout, "or None")
+
+
+def check_seconds(what: str, seconds: float, alternative: str = "") -> None:
+    """Refuse a duration that is not a finite number of seconds, 0 or more (nan, inf, -1).
+
+    Raises:
+        UsageError: naming *what* and the value.
+    """
+    if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
+        tail = f" {alternative}" if alternative else ""
+        raise UsageError(f"{what} must be a finite number of seconds, 0 or more{tail}; not {seconds!r}")
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a batch size under 1.
+
+    Raises:
+        UsageError: naming the value.
+    """
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be at least 1, not {batch_size}")
+
+
+def check_dir(path: Path, what: str) -> None:
+    """Check that *path* is a directory.
+
+    Raises:
+        UsageError: it does not exist or is not one, naming *what* it is for.
+    """
+    if not path.is_dir():
+        raise UsageError(f"{what} {path} does not exist or is not a directory")
+
+
+def check_dirs(staging: Path, archive: Path, *, what: str = "staging directory") -> tuple[Path, Path]:
+    """Check that *staging* is a directory, *archive* is one or is missing, and neither holds the other.
+
+    Raises:
+        UsageError: naming which of the two is wrong.
+    """
+    check_dir(staging, what)
+    if archive.exists() and not archive.is_dir():
+        raise UsageError(f"archive {archive} is not a directory")
+    s, a = staging.resolve(), archive.resolve()
+    if s == a or s in a.parents or a in s.parents:
+        raise UsageError(f"{what} {staging} and archive {archive} must not contain each other")
+    return staging, archive

@@ -1,0 +1,313 @@
+"""A dry run predicts exactly what the real run then does, and changes nothing.
+
+For commit and for ingest (copying and moving), in each on_conflict mode: a dry run, then
+the real run on the same state. The dry report's records and the manifest rows of the real
+run must be the same outcomes, file by file: (source, status, target, path). The counts
+and the files left in place must agree too, and the dry run must leave every byte, name,
+inode and mtime below the test's directory as it found them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dicomcommit import CommitReport, ConflictError, Manifest, Record, Stager, commit, ingest
+from dicomcommit.synthetic import synthetic_dataset
+from tests.conftest import ROOT, settled, sha256_of, write_foreign, write_settled
+
+OnConflict = Literal["record", "suffix", "error"]
+Entry = Literal["commit", "ingest", "ingest-move"]
+Kind = Literal["staged", "foreign", "truncated", "junk"]
+Outcome = tuple[str, str, str | None, str]  # (source, status, target, path)
+
+ENTRIES: tuple[Entry, ...] = ("commit", "ingest", "ingest-move")
+ON_CONFLICT: tuple[OnConflict, ...] = ("record", "suffix", "error")
+LONG_SETTLE = 600.0  # files written during the test are younger; backdated ones (an hour) older
+FOLDERS = ("", "sub/", "sub/deeper/", ".hidden/")
+
+
+# -- the trees ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class File:
+    """One file put into the staging directory (or the ingest source) before a run.
+
+    ``staged``: written by a Stager (with its journal, under *folder*); ``foreign``: the
+    dataset written as another tool would; ``truncated``: the same, cut short; ``junk``:
+    bytes that are not DICOM. *fresh*: written just now rather than an hour ago (only a
+    settle time longer than its age leaves it in place; staged files are always fresh).
+    """
+
+    kind: Kind
+    index: int
+    variant: int
+    folder: str
+    fresh: bool
+    junk: bytes
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Rounds of files; after each round a dry run, then the real run, both checked."""
+
+    rounds: tuple[tuple[File, ...], ...]
+    settle: float
+
+
+files = st.builds(
+    File,
+    kind=st.sampled_from(("staged", "foreign", "truncated", "junk")),
+    index=st.integers(0, 3),  # few instances: duplicates and conflicts are common
+    variant=st.sampled_from((0, 1)),
+    folder=st.sampled_from(FOLDERS),
+    fresh=st.booleans(),
+    junk=st.binary(max_size=40),
+)
+scenarios = st.builds(
+    Scenario,
+    rounds=st.lists(st.lists(files, max_size=6).map(tuple), min_size=1, max_size=3).map(tuple),
+    settle=st.sampled_from((0.0, LONG_SETTLE)),
+)
+
+
+def place(root: Path, round_no: int, batch: Iterable[File]) -> None:
+    """Write *batch* into *root* (names unique across rounds: a source is never reused)."""
+    for n, file in enumerate(batch):
+        folder = root / file.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        ds = synthetic_dataset(ROOT, file.index, file.variant)
+        path = folder / f"r{round_no}f{n}.dcm"
+        if file.kind == "staged":
+            with Stager(folder, durable=False) as stager:
+                stager.stage(ds)
+            continue
+        if file.kind == "foreign":
+            write_foreign(path, ds)
+        elif file.kind == "truncated":
+            write_foreign(path, ds)
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) * 2 // 3])
+        else:
+            path.write_bytes(file.junk)
+        if not file.fresh:
+            settled(path)
+        elif file.kind == "foreign":
+            os.utime(path)  # write_foreign backdates; this one was written just now
+
+
+# -- running and comparing ---------------------------------------------------------------
+
+
+def run(
+    entry: Entry, tree: Path, archive: Path, *, on_conflict: OnConflict, settle: float, dry_run: bool
+) -> CommitReport:
+    if entry == "commit":
+        return commit(tree, archive, on_conflict=on_conflict, settle=settle, dry_run=dry_run, durable=False)
+    return ingest(tree, archive, move=entry == "ingest-move", on_conflict=on_conflict, settle=settle,
+                  dry_run=dry_run, durable=False)  # fmt: skip
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything below *root*: each entry's type, inode, size, mtime and bytes (or link)."""
+    seen: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath, name)
+            st_ = path.lstat()
+            if path.is_symlink():
+                content: object = os.readlink(path)
+            elif path.is_file():
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                content = None
+            seen[str(path.relative_to(root))] = (st_.st_mode, st_.st_ino, st_.st_size, st_.st_mtime_ns, content)
+    return seen
+
+
+def outcome(record: Record) -> Outcome:
+    return (record.source, record.status, record.target, record.path)
+
+
+def ordered(outcomes: Iterable[Outcome]) -> list[Outcome]:
+    """A sorted list (a multiset): None sorts as the empty string."""
+    return sorted(outcomes, key=lambda o: tuple("" if v is None else v for v in o))
+
+
+def manifest_rows(archive: Path) -> list[Record]:
+    if not (archive / ".dicomcommit" / "manifest.sqlite").exists():
+        return []
+    with Manifest(archive) as manifest:
+        return manifest.records()
+
+
+def real_outcomes(new_rows: list[Record], earlier: list[Record], sources: Iterable[str]) -> list[Outcome]:
+    """The outcomes of the real run: its manifest rows, and for each file of *sources* that has
+    none, the earlier row with its source, as a duplicate. The manifest records nothing twice:
+    a file ingested again that hashes to its own earlier row is counted as a duplicate, and
+    its row stays the earlier one."""
+    found = [outcome(r) for r in new_rows]
+    recorded = {r.source for r in new_rows}
+    for source in sources:
+        if source in recorded:
+            continue
+        before = [r for r in earlier if r.source == source]
+        if before:
+            found.append((source, "duplicate", before[-1].target, before[-1].path))
+    return found
+
+
+def assert_same_outcomes(predicted: list[Outcome], found: list[Outcome]) -> None:
+    """The two multisets are equal; else the message lists what only each side has."""
+    only_dry, only_real = Counter(predicted) - Counter(found), Counter(found) - Counter(predicted)
+    lines = [f"  dry run only: {o}" for o in ordered(only_dry.elements())]
+    lines += [f"  real run only: {o}" for o in ordered(only_real.elements())]
+    assert not lines, "(source, status, target, path) of the dry run and of the real run differ:\n" + "\n".join(lines)
+
+
+def check_stopped(
+    stopped: ConflictError, entry: Entry, tree: Path, archive: Path, *, planned: list[Record], earlier: list[Record]
+) -> None:
+    """on_conflict="error" stopped the real run: at the dry run's first predicted conflict,
+    with everything before it committed and recorded, and the conflicting file still there."""
+    conflicts = [i for i, r in enumerate(planned) if r.status == "conflict"]
+    assert conflicts, f"the real run stopped at a conflict the dry run did not predict: {stopped}"
+    first = planned[conflicts[0]]
+    where = first.source if entry != "commit" else str(tree / first.source)
+    assert stopped.staged == where, "the real run stopped at another file than the dry run's first conflict"
+    earlier_ids = {r.id for r in earlier}
+    new_rows = [r for r in manifest_rows(archive) if r.id not in earlier_ids]
+    done = [outcome(r) for r in planned[: conflicts[0]]]
+    assert_same_outcomes(done, real_outcomes(new_rows, earlier, [source for source, *_ in done]))
+    assert Path(stopped.staged).exists(), "the conflicting file is no longer where it was"
+
+
+def check_round(entry: Entry, tree: Path, archive: Path, *, on_conflict: OnConflict, settle: float) -> None:
+    """A dry run, then the real run: the dry run changed nothing and predicted the real one."""
+    top = tree.parent
+    before = snapshot(top)
+    dry = run(entry, tree, archive, on_conflict=on_conflict, settle=settle, dry_run=True)
+    assert snapshot(top) == before, "the dry run changed files"
+    assert dry.dry_run
+    predicted = [outcome(r) for r in dry.records]
+    assert len(predicted) == dry.committed + dry.duplicates + dry.conflicts + dry.invalid, dry.records
+    earlier = manifest_rows(archive)
+    stopped: ConflictError | None = None
+    try:
+        real = run(entry, tree, archive, on_conflict=on_conflict, settle=settle, dry_run=False)
+    except ConflictError as exc:
+        stopped = exc
+    if stopped is not None:
+        assert on_conflict == "error"
+        check_stopped(stopped, entry, tree, archive, planned=dry.records, earlier=earlier)
+        return
+    if on_conflict == "error":
+        assert dry.conflicts == 0, "the dry run predicted a conflict, the real run (on_conflict=error) did not stop"
+    with Manifest(archive) as manifest:
+        new_rows = manifest.records(run=real.run)
+    prefix = "" if entry == "commit" else f"{tree}/"
+    left = {prefix + name for name, _ in real.left_in_place}
+    taken = [source for source, *_ in predicted if source not in left]
+    assert dry.counts() == real.counts()
+    found = real_outcomes(new_rows, earlier, taken)
+    assert len(found) == real.committed + real.duplicates + real.conflicts + real.invalid
+    assert_same_outcomes(predicted, found)
+    assert sorted(n for n, _ in dry.left_in_place) == sorted(n for n, _ in real.left_in_place)
+
+
+# -- the property -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_conflict", ON_CONFLICT)
+@pytest.mark.parametrize("entry", ENTRIES)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios)
+def test_a_dry_run_predicts_the_real_run(entry: Entry, on_conflict: OnConflict, scenario: Scenario) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, archive = Path(tmp, "staging" if entry == "commit" else "source"), Path(tmp, "archive")
+        tree.mkdir()
+        for round_no, batch in enumerate(scenario.rounds):
+            place(tree, round_no, batch)
+            check_round(entry, tree, archive, on_conflict=on_conflict, settle=scenario.settle)
+
+
+# -- named cases ----------------------------------------------------------------------------
+
+
+def test_suffix_mode_predicts_the_derived_name_of_a_conflict(tmp_path: Path) -> None:
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    Stager(staging).stage(synthetic_dataset(ROOT, 2))
+    commit(staging, archive)
+    other = Stager(staging).stage(synthetic_dataset(ROOT, 2, variant=1))
+    ds = synthetic_dataset(ROOT, 2)
+    target = f"{ds.PatientID}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+    derived = target.removesuffix(".dcm") + f"~{sha256_of(other)[:12]}.dcm"
+    plan = commit(staging, archive, on_conflict="suffix", dry_run=True)
+    assert [outcome(r) for r in plan.records] == [(other.name, "committed", target, derived)]
+    check_round("commit", staging, archive, on_conflict="suffix", settle=0)
+
+
+@pytest.mark.parametrize("move", [False, True], ids=["copy", "move"])
+def test_an_ingest_dry_run_on_a_tree_with_a_journal(tmp_path: Path, move: bool) -> None:
+    """A tree that was a staging directory once, journal and all: ingest names its files from
+    their own headers and leaves the journal's files (not DICOM) in place; with --move, files
+    younger than the settle time (the staged ones, just written) stay for a later run. The dry
+    run must say the same."""
+    source, archive = tmp_path / "source", tmp_path / "archive"
+    with Stager(source) as stager:
+        for index, variant in [(1, 0), (2, 0), (2, 0)]:
+            stager.stage(synthetic_dataset(ROOT, index, variant))
+    journal = source / ".dicomcommit" / "journal"
+    (journal / "0123456789abcdef0123456789abcdef.jsonl").write_text('{"name":"elsewhere.dcm","sha256":"00"}\n')
+    (source / "a").mkdir()
+    write_foreign(source / "a" / "b.dcm", synthetic_dataset(ROOT, 3))
+    journals = sorted(journal.iterdir())
+    assert len(journals) == 2
+    entry: Entry = "ingest-move" if move else "ingest"
+    check_round(entry, source, archive, on_conflict="record", settle=2.0 if move else 0.0)
+    assert all(p.exists() for p in journals)
+
+
+def test_a_staged_file_that_is_not_dicom(tmp_path: Path) -> None:
+    """commit records it as invalid (set aside in the archive); ingest leaves it in place."""
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    write_settled(staging / "notes.dcm", b"not dicom at all")
+    Stager(staging).stage(synthetic_dataset(ROOT, 1))
+    plan = commit(staging, archive, dry_run=True)
+    assert (plan.committed, plan.invalid) == (1, 1)
+    check_round("commit", staging, archive, on_conflict="record", settle=2)
+
+    source, other = tmp_path / "source", tmp_path / "other"
+    source.mkdir()
+    write_settled(source / "notes.dcm", b"not dicom at all")
+    write_foreign(source / "one.dcm", synthetic_dataset(ROOT, 1))
+    plan = ingest(source, other, dry_run=True)
+    assert (plan.committed, plan.invalid, plan.left_in_place[0][0]) == (1, 0, "notes.dcm")
+    check_round("ingest", source, other, on_conflict="record", settle=0)
+    assert (source / "notes.dcm").read_bytes() == b"not dicom at all"
+
+
+def test_pydicom_reads_what_place_writes(tmp_path: Path) -> None:
+    """The generator's foreign files are DICOM, its truncated and junk ones are not whole DICOM."""
+    batch = [
+        File("foreign", 1, 0, "", fresh=False, junk=b""),
+        File("truncated", 1, 0, "", fresh=False, junk=b""),
+        File("junk", 0, 0, "", fresh=True, junk=b"x"),
+    ]
+    place(tmp_path, 0, batch)
+    assert pydicom.dcmread(tmp_path / "r0f0.dcm").SOPInstanceUID == f"{ROOT}.3.1"
+    assert (tmp_path / "r0f1.dcm").stat().st_size < (tmp_path / "r0f0.dcm").stat().st_size
+    assert (tmp_path / "r0f2.dcm").read_bytes() == b"x"
