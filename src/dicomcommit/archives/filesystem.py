@@ -45,7 +45,7 @@ class FilesystemArchive(BaseArchive):
     def tree(self) -> _DirTree:
         """The directories of this batch (opened on first use, closed by :meth:`release`)."""
         if self._tree is None:
-            self._tree = _DirTree(self.root, durable=self.durable, tmp=TMP_DIR)
+            self._tree = _DirTree(self.root, durable=self.durable, tmp=TMP_DIR)  # FileNotFoundError: no archive yet
         return self._tree
 
     def lock(self, timeout: float | None) -> Locked:
@@ -75,7 +75,7 @@ class FilesystemArchive(BaseArchive):
         dirs, name = _fs.split_rel(rel)
         try:
             dir_fd = self.tree.dir_fd(dirs, create=False)
-        except FileNotFoundError:
+        except FileNotFoundError:  # the archive, or a directory of the name, is not there
             return None
         return hash_at(name, dir_fd=dir_fd)
 

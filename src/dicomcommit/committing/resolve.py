@@ -23,6 +23,7 @@ from typing import Literal
 from dicomcommit._faults import point
 from dicomcommit._fs import Placed
 from dicomcommit.archives import BaseArchive, open_archive
+from dicomcommit.committing.decide import Answer, File, Outcome, Place, Role, decide
 from dicomcommit.errors import DicomCommitError, ResolveError, UsageError
 from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
 from dicomcommit.manifests import BaseManifest, open_manifest
@@ -134,7 +135,13 @@ def _keep_both(archive: BaseArchive, row: Record, manifest: BaseManifest, who: s
     assert row.target is not None
     derived_rel = derived_name(row.target, _hash_of(row))
     if row.status is Status.CONFLICT:  # decided, not carried out yet
-        _link_rel(archive, _conflict_copy(row), derived_rel)
+        # The derived name, as commit --on-conflict suffix asks for it: ours once it holds these bytes.
+        step = Place(Role.DERIVED, derived_rel, row.existing_sha256)
+        placed = archive.link(_conflict_copy(row), derived_rel)
+        answer = Answer(placed, archive.sha256(derived_rel) if placed is Placed.EXISTS else None)
+        outcome = decide(step, answer, File(row.source, row.target, row.sha256), "record")
+        if not isinstance(outcome, Outcome) or outcome.status is not Status.COMMITTED:
+            raise ResolveError("a different file already holds this name", f"{archive.location}/{derived_rel}")
         archive.sync()
         point("resolve:after-link")
         with manifest.transaction():
