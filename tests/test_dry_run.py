@@ -4,7 +4,10 @@ For commit and for ingest (copying and moving), in each on_conflict mode: a dry 
 the real run on the same state. The dry report's records and the manifest rows of the real
 run must be the same outcomes, file by file: (source, status, target, path). The counts
 and the files left in place must agree too, and the dry run must leave every byte, name,
-inode and mtime below the test's directory as it found them.
+inode and mtime below the test's directory as it found them (SQLite's side files of the
+manifest aside). With on_conflict="error", the dry run raises ConflictError where the real
+run does, for the same file, and what the real run recorded before it is what a dry run
+with "record" predicted before it. Every file a real run creates in the archive has a row.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from dicomcommit import CommitReport, ConflictError, Manifest, NewRecord, Record, Stager, commit, ingest
+from dicomcommit import CommitReport, ConflictError, Manifest, NewRecord, Record, Stager, Status, commit, ingest
 from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import ROOT, settled, sha256_of, write_foreign, write_settled
 
@@ -60,25 +63,34 @@ class File:
 
 
 @dataclass(frozen=True)
-class Scenario:
-    """Rounds of files; after each round a dry run, then the real run, both checked."""
+class Round:
+    """Files to add, then a dry run and the real run, both with *on_conflict* (the test's
+    own policy replaces it in the last round: earlier rounds leave an archive behind)."""
 
-    rounds: tuple[tuple[File, ...], ...]
+    files: tuple[File, ...]
+    on_conflict: OnConflict
+
+
+@dataclass(frozen=True)
+class Scenario:
+    rounds: tuple[Round, ...]
     settle: float
 
 
 files = st.builds(
     File,
-    kind=st.sampled_from(("staged", "foreign", "truncated", "junk")),
-    index=st.integers(0, 3),  # few instances: duplicates and conflicts are common
+    # staged and foreign files twice as often: they are the ones that meet at a name
+    kind=st.sampled_from(("staged", "foreign", "staged", "foreign", "truncated", "junk")),
+    index=st.integers(0, 2),  # few instances: duplicates and conflicts are common
     variant=st.sampled_from((0, 1)),
     folder=st.sampled_from(FOLDERS),
     fresh=st.booleans(),
     junk=st.binary(max_size=40),
 )
+rounds = st.builds(Round, files=st.lists(files, max_size=6).map(tuple), on_conflict=st.sampled_from(ON_CONFLICT))
 scenarios = st.builds(
     Scenario,
-    rounds=st.lists(st.lists(files, max_size=6).map(tuple), min_size=1, max_size=3).map(tuple),
+    rounds=st.lists(rounds, min_size=1, max_size=3).map(tuple),
     settle=st.sampled_from((0.0, LONG_SETTLE)),
 )
 
@@ -134,7 +146,7 @@ def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
             if name in _SQLITE_SIDE_FILES:
                 continue
             path = Path(dirpath, name)
-            if name == ".dicomcommit" and path.parent.name == "archive":
+            if name == ".dicomcommit" and (path / "manifest.sqlite").exists():
                 seen[str(path.relative_to(root))] = ("state directory",)
                 continue
             st_ = path.lstat()
@@ -164,6 +176,20 @@ def manifest_rows(archive: Path) -> list[Record]:
         return manifest.records()
 
 
+def archive_paths(archive: Path) -> set[str]:
+    """The files of the archive, relative to it, but for the manifest and the lock."""
+    if not archive.exists():
+        return set()
+    state = {".dicomcommit/lock", ".dicomcommit/manifest.sqlite", *(f".dicomcommit/{n}" for n in _SQLITE_SIDE_FILES)}
+    return {str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file()} - state
+
+
+def assert_recorded(created: set[str], new_rows: list[Record]) -> None:
+    """Every file the real run created in the archive is the path of one of its rows."""
+    unrecorded = sorted(created - {r.path for r in new_rows})
+    assert not unrecorded, f"the real run created files no row of it records: {unrecorded}"
+
+
 def real_outcomes(new_rows: list[Record], earlier: list[Record], sources: Iterable[str]) -> list[Outcome]:
     """The outcomes of the real run: its manifest rows, and for each file of *sources* that has
     none, the earlier row with its source, as a duplicate. The manifest records nothing twice:
@@ -176,7 +202,7 @@ def real_outcomes(new_rows: list[Record], earlier: list[Record], sources: Iterab
             continue
         before = [r for r in earlier if r.source == source]
         if before:
-            found.append(outcome(replace(before[-1], status="duplicate")))
+            found.append(outcome(replace(before[-1], status=Status.DUPLICATE)))
     return found
 
 
@@ -186,6 +212,28 @@ def assert_same_outcomes(predicted: list[Outcome], found: list[Outcome]) -> None
     lines = [f"  dry run only: {o}" for o in ordered(only_dry.elements())]
     lines += [f"  real run only: {o}" for o in ordered(only_real.elements())]
     assert not lines, "(source, status, target, path) of the dry run and of the real run differ:\n" + "\n".join(lines)
+
+
+def check_stop(predicted: ConflictError, entry: Entry, tree: Path, archive: Path, *, settle: float) -> None:
+    """on_conflict="error": the dry run stopped; the real run stops at the same file, with
+    everything before it committed and recorded as a dry run that records conflicts says
+    (up to that file, the two policies are the same), and the conflicting file still there."""
+    before = snapshot(tree.parent)
+    rehearsal = run(entry, tree, archive, on_conflict="record", settle=settle, dry_run=True)
+    assert snapshot(tree.parent) == before, "the dry run changed files"
+    earlier, files_before = manifest_rows(archive), archive_paths(archive)
+    with pytest.raises(ConflictError) as stopped:
+        run(entry, tree, archive, on_conflict="error", settle=settle, dry_run=False)
+    # the dry run stops where the real run stops, at the same file
+    assert (stopped.value.staged, stopped.value.target) == (predicted.staged, predicted.target)
+    assert Path(stopped.value.staged).exists(), "the conflicting file is no longer where it was"
+    where = [str(tree / r.source) if entry == "commit" else r.source for r in rehearsal.records]
+    assert stopped.value.staged in where, "the file the run stopped at is not among the dry run's outcomes"
+    done = [outcome(r) for r in rehearsal.records[: where.index(stopped.value.staged)]]
+    earlier_ids = {r.id for r in earlier}
+    new_rows = [r for r in manifest_rows(archive) if r.id not in earlier_ids]
+    assert_recorded(archive_paths(archive) - files_before, new_rows)
+    assert_same_outcomes(done, real_outcomes(new_rows, earlier, [source for source, *_ in done]))
 
 
 def check_round(entry: Entry, tree: Path, archive: Path, *, on_conflict: OnConflict, settle: float) -> None:
@@ -199,23 +247,20 @@ def check_round(entry: Entry, tree: Path, archive: Path, *, on_conflict: OnConfl
         predicted_stop = exc
     assert snapshot(top) == before, "the dry run changed files"
     if predicted_stop is not None:
-        # on_conflict="error": the dry run stops where the real run stops, at the same file.
-        with pytest.raises(ConflictError) as stopped:
-            run(entry, tree, archive, on_conflict=on_conflict, settle=settle, dry_run=False)
-        assert (stopped.value.staged, stopped.value.target) == (predicted_stop.staged, predicted_stop.target)
-        assert Path(stopped.value.staged).exists(), "the conflicting file is no longer where it was"
+        check_stop(predicted_stop, entry, tree, archive, settle=settle)
         return
     assert dry.dry_run
     predicted = [outcome(r) for r in dry.records]
     assert len(predicted) == dry.committed + dry.duplicates + dry.conflicts + dry.invalid, dry.records
-    earlier = manifest_rows(archive)
+    earlier, files_before = manifest_rows(archive), archive_paths(archive)
     real = run(entry, tree, archive, on_conflict=on_conflict, settle=settle, dry_run=False)  # no ConflictError
     with Manifest(archive) as manifest:
         new_rows = manifest.records(run=real.run)
+    assert_recorded(archive_paths(archive) - files_before, new_rows)
     prefix = "" if entry == "commit" else f"{tree}/"
     left = {prefix + name for name, _ in real.left_in_place}
     taken = [source for source, *_ in predicted if source not in left]
-    assert dry.counts() == real.counts()
+    assert dry.counts() == real.counts(), f"counts: dry run {dry.counts()}, real run {real.counts()}"
     found = real_outcomes(new_rows, earlier, taken)
     assert len(found) == real.committed + real.duplicates + real.conflicts + real.invalid
     assert_same_outcomes(predicted, found)
@@ -238,12 +283,15 @@ def check_round(entry: Entry, tree: Path, archive: Path, *, on_conflict: OnConfl
 )
 @given(scenario=scenarios)
 def test_a_dry_run_predicts_the_real_run(entry: Entry, on_conflict: OnConflict, scenario: Scenario) -> None:
+    """Every round is checked; *on_conflict* is the last round's policy, the rounds before
+    it (which leave committed files, kept conflicts and derived names behind) draw theirs."""
     with tempfile.TemporaryDirectory() as tmp:
         tree, archive = Path(tmp, "staging" if entry == "commit" else "source"), Path(tmp, "archive")
         tree.mkdir()
         for round_no, batch in enumerate(scenario.rounds):
-            place(tree, round_no, batch)
-            check_round(entry, tree, archive, on_conflict=on_conflict, settle=scenario.settle)
+            place(tree, round_no, batch.files)
+            policy = on_conflict if round_no == len(scenario.rounds) - 1 else batch.on_conflict
+            check_round(entry, tree, archive, on_conflict=policy, settle=scenario.settle)
 
 
 # -- named cases ----------------------------------------------------------------------------
@@ -281,6 +329,35 @@ def test_an_ingest_dry_run_on_a_tree_with_a_journal(tmp_path: Path, move: bool) 
     entry: Entry = "ingest-move" if move else "ingest"
     check_round(entry, source, archive, on_conflict="record", settle=2.0 if move else 0.0)
     assert all(p.exists() for p in journals)
+
+
+@pytest.mark.parametrize(("first", "then"), [("suffix", "record"), ("record", "suffix")])
+def test_an_ingest_rerun_under_another_policy(tmp_path: Path, first: OnConflict, then: OnConflict) -> None:
+    """Ingest copies, so a rerun meets its own earlier outcomes: a file committed under a
+    derived name (suffix) or kept as a conflict (record), ingested again under the other
+    policy, then under "error"."""
+    source, archive = tmp_path / "source", tmp_path / "archive"
+    source.mkdir()
+    write_foreign(source / "first.dcm", synthetic_dataset(ROOT, 1))
+    settled(write_foreign(source / "second.dcm", synthetic_dataset(ROOT, 1, variant=1)), age=1800)  # scanned after
+    for on_conflict in (first, then, "error"):
+        check_round("ingest", source, archive, on_conflict=on_conflict, settle=0)
+
+
+def test_error_mode_stops_the_dry_run_where_the_real_run_stops(tmp_path: Path) -> None:
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    Stager(staging).stage(synthetic_dataset(ROOT, 1))
+    commit(staging, archive)
+    stager = Stager(staging)
+    for index, variant in [(2, 0), (1, 1), (3, 0)]:  # staged in this order, committed in it
+        stager.stage(synthetic_dataset(ROOT, index, variant))
+    with pytest.raises(ConflictError) as planned:
+        commit(staging, archive, on_conflict="error", dry_run=True)
+    assert f"{ROOT}.3.1.dcm" in planned.value.target
+    check_round("commit", staging, archive, on_conflict="error", settle=0)  # stops there, (2, 0) committed
+    with Manifest(archive) as manifest:
+        committed = sorted(str(r.attrs["SOPInstanceUID"]) for r in manifest.records("committed"))
+    assert committed == [f"{ROOT}.3.1", f"{ROOT}.3.2"]
 
 
 def test_a_staged_file_that_is_not_dicom(tmp_path: Path) -> None:

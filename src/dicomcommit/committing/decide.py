@@ -82,6 +82,7 @@ class Answer:
     placed_this_run: bool = False  # an earlier file of this run holds it (its row is not in yet)
     holder: Holder | None = None  # the committed row at the name (target and derived names)
     open_conflict: bool = False  # a recorded, open conflict keeps its bytes there (conflict copy)
+    recorded: str | None = None  # where an earlier run's row of this very file keeps its bytes
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,19 @@ def _taken(step: Place, answer: Answer, file: File, on_conflict: OnConflict) -> 
         how = "identical bytes were already there with no manifest row (an interrupted earlier run); recorded now"
         where = "committed" if step.role is Role.TARGET else "at the derived name"
         return _already_there(step, answer, file, how=how, duplicate=f"identical file already {where}")
+    if answer.recorded is not None:
+        # This very file, recorded by an earlier run (a rerun of ingest, or of a commit killed
+        # before it removed the file), under another conflict policy: its bytes are kept where
+        # its row says. A second place for them would be a file no row records.
+        detail = "recorded by an earlier run, under another conflict policy; its bytes are kept there"
+        return Outcome(Status.DUPLICATE, answer.recorded, detail=detail, existing_sha256=answer.sha256)
+    return _other_bytes(step, answer, file, on_conflict)
+
+
+def _other_bytes(step: Place, answer: Answer, file: File, on_conflict: OnConflict) -> Step:
+    """Other bytes hold the name: the conflict policy says where this file goes next."""
+    assert file.sha256 is not None
+    assert file.target is not None
     conflict_copy = "/".join((*CONFLICTS_DIR, f"{file.sha256}.dcm"))
     if step.role is Role.DERIVED:
         return Place(Role.CONFLICT_COPY, conflict_copy, step.existing)

@@ -266,8 +266,8 @@ class _Committer:
         step: Step = first(file, set_aside_invalid=self.source.sets_aside_invalid)
         while isinstance(step, Place):
             answer = self._ask(staged, step)
-            if answer.placed is Placed.EXISTS and file.sha256 is None:
-                file = replace(file, sha256=staged.hash(self.source.dir_fd))  # the bytes must be compared
+            if file.sha256 is None and staged.sha256 is not None:
+                file = replace(file, sha256=staged.sha256)
             step = decide(step, answer, file, self.on_conflict)
         if isinstance(step, Leave):
             self.report.left_in_place.append((staged.name, step.reason))
@@ -291,14 +291,26 @@ class _Committer:
         placed = self._place(staged, step.rel)
         if placed is Placed.CREATED or step.role is Role.INVALID_COPY:
             return Answer(placed)
-        existing = self.archive.sha256(step.rel) if placed is Placed.EXISTS else None
+        existing, recorded = None, None
+        if placed is Placed.EXISTS:
+            existing = self.archive.sha256(step.rel)
+            sha256 = staged.hash(self.source.dir_fd)  # the bytes must be compared
+            if existing != sha256 and step.role is not Role.CONFLICT_COPY:
+                recorded = self._recorded_at(self.source.prefix + staged.name, sha256)
         in_run = step.rel in self.placed
         if step.role is Role.CONFLICT_COPY:
             kept = in_run or bool(self.manifest.records(Status.CONFLICT, path=step.rel))
             return Answer(placed, existing, open_conflict=kept)
         rows = [] if in_run else self.manifest.records(Status.COMMITTED, path=step.rel)
         holder = Holder(rows[0].id, rows[0].source, rows[0].sha256) if rows else None
-        return Answer(placed, existing, placed_this_run=in_run, holder=holder)
+        return Answer(placed, existing, placed_this_run=in_run, holder=holder, recorded=recorded)
+
+    def _recorded_at(self, source: str, sha256: str) -> str | None:
+        """Where the manifest's row of this very file keeps its bytes, if it has one and they are there."""
+        row = self.manifest.find(source, sha256)
+        if row is None or row.status is Status.INVALID or self.archive.sha256(row.path) != sha256:
+            return None
+        return row.path
 
     def _place(self, staged: Staged, rel: str) -> Placed:
         # The archive never shares an inode with a tree ingest copies from (nor, a file that

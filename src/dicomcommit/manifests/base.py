@@ -46,6 +46,10 @@ class BaseManifest(ABC):
         *resolved*, only rows a person decided on."""
 
     @abstractmethod
+    def find(self, source: str, sha256: str) -> Record | None:
+        """The row of the file *source* with these bytes, if one is stored (its rerun key)."""
+
+    @abstractmethod
     def get(self, record_id: int) -> Record:
         """The row *record_id*.
 

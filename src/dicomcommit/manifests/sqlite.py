@@ -192,6 +192,13 @@ class SQLiteManifest(BaseManifest):
             stored = {key: self._by_key(key) for key in reviewed}
         return {key: record for key, record in stored.items() if record is not None}
 
+    def find(self, source: str, sha256: str) -> Record | None:
+        """The row of the file *source* with these bytes, if one is stored (its rerun key)."""
+        try:
+            return self._by_key((source, sha256))
+        except sqlite3.Error as exc:
+            raise failure(self.path, exc, "cannot read the manifest") from exc
+
     def _by_key(self, key: tuple[str, str]) -> Record | None:
         source, hashed = _db(key[0]), _db(key[1])
         row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE source=? AND coalesce(sha256, path)=?",
