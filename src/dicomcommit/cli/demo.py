@@ -17,6 +17,7 @@ from dicomcommit.cli.display import print_summary, print_table
 from dicomcommit.committing.driver import commit
 from dicomcommit.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from dicomcommit.manifests import open_manifest
+from dicomcommit.manifests.records import Status
 from dicomcommit.scanning import scan_staging
 from dicomcommit.staging.stager import Stager
 from dicomcommit.synthetic import plan_jobs, synthetic_dataset
@@ -60,7 +61,7 @@ def run_demo(staging: Path, archive: Path, *, workers: int, files: int, out: Tex
     print(f"committed into {archive}/ in {commit_s:.2f} s ({len(jobs) / commit_s:,.0f} files/s)", file=out)
     print_summary(report, archive, out)
     with open_manifest(archive) as manifest:
-        conflicts = manifest.records("conflict", run=report.run)
+        conflicts = manifest.records(Status.CONFLICT, run=report.run)
     print(f"\nconflicts of this run ({len(conflicts)}; first 10):", file=out)
     print_table(conflicts[:10], out)
     return _check(report.counts(), jobs, out)

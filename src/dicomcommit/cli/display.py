@@ -14,7 +14,7 @@ from typing import TextIO, TypeAlias
 
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import RecoverReport
-from dicomcommit.manifests.records import Record
+from dicomcommit.manifests.records import Record, Status
 from dicomcommit.review.show import Shown
 
 _SURROGATE_BYTES = range(0xDC80, 0xDD00)  # os.fsdecode's stand-ins for the bytes 0x80-0xFF
@@ -170,7 +170,7 @@ def print_shown(shown: Shown, archive: Path, out: TextIO) -> None:
     _say(f"  staged as {r.source} in run {r.run} at {r.time}", out)
     if r.detail:
         _say(f"  {r.detail}", out)
-    if r.resolution and r.status == "conflict":  # decided, then interrupted
+    if r.resolution and r.status is Status.CONFLICT:  # decided, then interrupted
         _say(f"  decided (--keep {r.resolution}) by {r.resolved_by} at {r.resolved_at}, not carried out yet: "
              "rerun that resolve, or recover", out)  # fmt: skip
     elif r.resolution:
