@@ -21,6 +21,7 @@ from dicomcommit.committing.decide import (
     OnConflict,
     Outcome,
     Place,
+    Recorded,
     Redescribe,
     Refuse,
     Role,
@@ -109,13 +110,30 @@ def test_bytes_of_a_recorded_conflict_are_a_duplicate_of_it() -> None:
 
 
 def test_a_file_recorded_by_an_earlier_run_gets_no_second_place() -> None:
+    """Its bytes stay where its row keeps them; an open conflict stays one (for review)."""
+    derived = f"P/S/1~{OURS[:12]}.dcm"
     kept = f"{STATE_DIR}/conflicts/{OURS}.dcm"
-    policies: tuple[OnConflict, ...] = ("record", "suffix")
-    for on_conflict in policies:
-        asked, step = walk([Answer(Placed.EXISTS, OTHER, recorded=kept)], on_conflict)
-        assert len(asked) == 1
-        assert isinstance(step, Outcome)
-        assert (step.status, step.path) == (Status.DUPLICATE, kept)
+    taken = Answer(Placed.EXISTS, OTHER, recorded=Recorded(derived, Status.COMMITTED))
+    asked, step = walk([taken], "record")
+    assert len(asked) == 1
+    assert isinstance(step, Outcome)
+    assert (step.status, step.path) == (Status.DUPLICATE, derived)
+    taken = Answer(Placed.EXISTS, OTHER, recorded=Recorded(kept, Status.CONFLICT))
+    asked, step = walk([taken], "suffix")
+    assert len(asked) == 1
+    assert isinstance(step, Outcome)
+    assert (step.status, step.path) == (Status.CONFLICT, kept)
+
+
+def test_under_the_same_policy_a_recorded_file_goes_where_it_went() -> None:
+    """A rerun under the policy that kept it finds its earlier place as before (same inode:
+    its still-open conflict is reported again)."""
+    kept = f"{STATE_DIR}/conflicts/{OURS}.dcm"
+    taken = Answer(Placed.EXISTS, OTHER, recorded=Recorded(kept, Status.CONFLICT))
+    asked, step = walk([taken, Answer(Placed.SAME_INODE)], "record")
+    assert [p.rel for p in asked] == [TARGET, kept]
+    assert isinstance(step, Outcome)
+    assert (step.status, step.path) == (Status.CONFLICT, kept)
 
 
 def test_a_journal_line_contradicted_by_the_bytes_is_dropped() -> None:
@@ -155,7 +173,9 @@ def test_an_ingest_rerun_under_another_policy_records_every_file(
     ingest(source, archive, on_conflict=first_policy)
     before = unrecorded(archive)
     rerun = ingest(source, archive, on_conflict=second_policy)
-    assert (rerun.committed, rerun.duplicates, rerun.conflicts) == (0, 2, 0)
+    # kept as a conflict, it is that open conflict again; committed under a derived name, a duplicate
+    expected = (0, 1, 1) if first_policy == "record" else (0, 2, 0)
+    assert (rerun.committed, rerun.duplicates, rerun.conflicts) == expected
     assert unrecorded(archive) == before == set()
 
 
@@ -176,3 +196,20 @@ def test_a_commit_killed_before_its_unlinks_and_rerun_under_another_policy(
     assert (rerun.committed, rerun.duplicates, rerun.conflicts) == (0, 1, 0)
     assert unrecorded(archive) == set()
     assert not [p for p in staging.iterdir() if p.is_file()]
+
+
+def test_a_commit_killed_before_removing_a_conflict_reports_it_again(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+    """The same policy after the kill: the conflict is still open, so the rerun says so (exit 3)."""
+    staging, archive = dirs
+    Stager(staging).stage(make_ds(1))
+    commit(staging, archive)
+    Stager(staging).stage(make_ds(1, variant=1))
+    code = "import sys; from dicomcommit import commit; commit(sys.argv[1], sys.argv[2])"
+    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": "commit:after-manifest:1"}
+    killed = subprocess.run([sys.executable, "-c", code, str(staging), str(archive)], env=env, check=False)
+    assert killed.returncode == -9
+    rerun = commit(staging, archive)
+    assert (rerun.committed, rerun.duplicates, rerun.conflicts) == (0, 0, 1)
+    assert rerun.needs_review
+    assert [r.status for r in rerun.records] == [Status.CONFLICT]
+    assert unrecorded(archive) == set()

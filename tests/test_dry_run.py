@@ -190,19 +190,24 @@ def assert_recorded(created: set[str], new_rows: list[Record]) -> None:
     assert not unrecorded, f"the real run created files no row of it records: {unrecorded}"
 
 
-def real_outcomes(new_rows: list[Record], earlier: list[Record], sources: Iterable[str]) -> list[Outcome]:
+def real_outcomes(
+    new_rows: list[Record], earlier: list[Record], sources: Iterable[str], reported: Iterable[Record | NewRecord] = ()
+) -> list[Outcome]:
     """The outcomes of the real run: its manifest rows, and for each file of *sources* that has
     none, the earlier row with its source, as a duplicate. The manifest records nothing twice:
     a file ingested again that hashes to its own earlier row is counted as a duplicate, and
-    its row stays the earlier one."""
+    its row stays the earlier one; unless the real run *reported* that earlier row (an open
+    conflict it met again), then it is that conflict."""
     found = [outcome(r) for r in new_rows]
     recorded = {r.source for r in new_rows}
+    again = {r.id for r in reported if isinstance(r, Record) and r.status is Status.CONFLICT}
     for source in sources:
         if source in recorded:
             continue
         before = [r for r in earlier if r.source == source]
         if before:
-            found.append(outcome(replace(before[-1], status=Status.DUPLICATE)))
+            row = before[-1]
+            found.append(outcome(row if row.id in again else replace(row, status=Status.DUPLICATE)))
     return found
 
 
@@ -261,7 +266,7 @@ def check_round(entry: Entry, tree: Path, archive: Path, *, on_conflict: OnConfl
     left = {prefix + name for name, _ in real.left_in_place}
     taken = [source for source, *_ in predicted if source not in left]
     assert dry.counts() == real.counts(), f"counts: dry run {dry.counts()}, real run {real.counts()}"
-    found = real_outcomes(new_rows, earlier, taken)
+    found = real_outcomes(new_rows, earlier, taken, real.records)
     assert len(found) == real.committed + real.duplicates + real.conflicts + real.invalid
     assert_same_outcomes(predicted, found)
     assert sorted(n for n, _ in dry.left_in_place) == sorted(n for n, _ in real.left_in_place)

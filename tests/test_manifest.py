@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicomcommit import Manifest, NewRecord, Status
+from dicomcommit import Manifest, NewRecord, Stager, Status, commit
 from dicomcommit.errors import ManifestError
 from dicomcommit.manifests.sqlite import _attrs_json
+from dicomcommit.synthetic import synthetic_dataset
+from tests.conftest import ROOT
 
 # The schema of dicomcommit's first manifests, as they were written.
 _VERSION_1 = """
@@ -151,3 +153,22 @@ def test_attrs_are_stored_as_plain_json(attrs: dict[str, Any]) -> None:
     encoded = _attrs_json(attrs)
     assert encoded == json.dumps(attrs, ensure_ascii=False, separators=(",", ":"))
     assert json.loads(encoded) == attrs
+
+
+def test_a_dry_run_reads_a_version_1_manifest_without_upgrading_it(tmp_path: Path) -> None:
+    """A dry run is a reader: the file keeps its schema and its bytes; the copy in memory is upgraded."""
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    path = _manifest_file(archive)
+    db = sqlite3.connect(path)
+    db.executescript(_VERSION_1)
+    db.close()
+    before = path.read_bytes()
+    Stager(staging).stage(synthetic_dataset(ROOT, 1))
+    report = commit(staging, archive, dry_run=True)
+    assert report.committed == 1
+    assert path.read_bytes() == before
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (0,)
+    finally:
+        db.close()

@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset
 from dicomcommit import Manifest, Stager, UsageError, commit
 from dicomcommit.cli.main import main
 from dicomcommit.committing.recover import recover
-from tests.conftest import archive_files, sha256_of, staged_files, write_foreign
+from dicomcommit.synthetic import synthetic_dataset
+from tests.conftest import ROOT, archive_files, sha256_of, staged_files, write_foreign
 
 MakeDs = Callable[..., Dataset]
 
@@ -156,3 +157,19 @@ def test_bad_directories(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         recover(tmp_path / "missing")
     assert main(["recover", str(tmp_path), str(tmp_path / "missing")]) == 2
+
+
+def test_verify_reports_a_directory_swapped_for_a_symlink(tmp_path: Path) -> None:
+    """recover --verify reaches every file through directories it opens without following
+    symlinks, as commit does: a series directory swapped for a symlink is reported, not followed."""
+    staging, archive, elsewhere = tmp_path / "staging", tmp_path / "archive", tmp_path / "elsewhere"
+    Stager(staging).stage(synthetic_dataset(ROOT, 1))
+    commit(staging, archive)
+    with Manifest(archive) as manifest:
+        (row,) = manifest.records()
+    series = (archive / row.path).parent
+    series.rename(elsewhere)
+    series.symlink_to(elsewhere)
+    report = recover(archive, verify=True)
+    assert report.needs_attention
+    assert any("not a real directory" in line for line in report.mismatched), report.mismatched

@@ -97,7 +97,8 @@ class BaseArchive(ABC):
     @abstractmethod
     def files(self, folder: tuple[str, ...] = ()) -> list[str]:
         """Sorted names of the files below *folder* (default: the whole archive, outside
-        ``.dicomcommit/``), symlinks and special files included."""
+        ``.dicomcommit/``), symlinks to files and special files included (not what a
+        symlinked directory holds)."""
 
     @abstractmethod
     def open(self, rel: str) -> BinaryIO:

@@ -65,29 +65,39 @@ class FilesystemArchive(BaseArchive):
                                  nlink=payload.nlink)  # fmt: skip
 
     def size(self, rel: str) -> int | None:
-        try:
-            st = os.stat(self.root / rel, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        return st.st_size if stat.S_ISREG(st.st_mode) else None
+        st = self._stat(rel)
+        return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
 
     def hash(self, rel: str) -> tuple[str, int] | None:
-        dirs, name = _fs.split_rel(rel)
-        try:
-            dir_fd = self.tree.dir_fd(dirs, create=False)
-        except FileNotFoundError:  # the archive, or a directory of the name, is not there
-            return None
-        return hash_at(name, dir_fd=dir_fd)
+        found = self._parent(rel)
+        return None if found is None else hash_at(found[1], dir_fd=found[0])
 
     def exists(self, rel: str) -> bool:
-        return os.path.lexists(self.root / rel)
+        return self._stat(rel) is not None
 
     def holds(self, path: str | os.PathLike[str], rel: str) -> bool:
+        st = self._stat(rel)
+        return st is not None and os.path.samestat(os.stat(path, follow_symlinks=False), st)
+
+    # Every lookup goes through directory fds opened without following symlinks, as
+    # placement does: a directory of the archive swapped for a symlink is refused
+    # (ArchiveError) by all of them alike, never followed by one and refused by another.
+    def _parent(self, rel: str) -> tuple[int, str] | None:
+        """(fd of the directory of *rel*, its last component); None when that directory is not there."""
+        dirs, name = _fs.split_rel(rel)
         try:
-            ours = os.stat(path, follow_symlinks=False)
-            return os.path.samestat(ours, os.stat(self.root / rel, follow_symlinks=False))
-        except OSError:
-            return False
+            return self.tree.dir_fd(dirs, create=False), name
+        except FileNotFoundError:  # the archive, or a directory of the name, is not there
+            return None
+
+    def _stat(self, rel: str) -> os.stat_result | None:
+        found = self._parent(rel)
+        if found is None:
+            return None
+        try:
+            return os.stat(found[1], dir_fd=found[0], follow_symlinks=False)
+        except FileNotFoundError:
+            return None
 
     def link(self, src: str, dst: str) -> _fs.Placed:
         src_dirs, src_name = _fs.split_rel(src)
@@ -126,8 +136,10 @@ class FilesystemArchive(BaseArchive):
         return sorted(found)
 
     def open(self, rel: str) -> BinaryIO:
-        fd = os.open(self.root / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        return os.fdopen(fd, "rb")
+        found = self._parent(rel)
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), f"{self.root}/{rel}")
+        return os.fdopen(_fs.open_read(found[1], found[0]), "rb")
 
     def sync(self) -> None:
         if self._tree is not None and self.durable:

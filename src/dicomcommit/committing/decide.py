@@ -74,6 +74,14 @@ class Holder:
 
 
 @dataclass(frozen=True)
+class Recorded:
+    """The manifest's row of this very file (its source and its bytes), from an earlier run."""
+
+    path: str  # where its bytes are kept
+    status: Status
+
+
+@dataclass(frozen=True)
 class Answer:
     """What the archive answered, and what the run and the manifest know of the name."""
 
@@ -82,7 +90,7 @@ class Answer:
     placed_this_run: bool = False  # an earlier file of this run holds it (its row is not in yet)
     holder: Holder | None = None  # the committed row at the name (target and derived names)
     open_conflict: bool = False  # a recorded, open conflict keeps its bytes there (conflict copy)
-    recorded: str | None = None  # where an earlier run's row of this very file keeps its bytes
+    recorded: Recorded | None = None  # an earlier run's row of this very file, its bytes still there
 
 
 @dataclass(frozen=True)
@@ -175,13 +183,18 @@ def _taken(step: Place, answer: Answer, file: File, on_conflict: OnConflict) -> 
         how = "identical bytes were already there with no manifest row (an interrupted earlier run); recorded now"
         where = "committed" if step.role is Role.TARGET else "at the derived name"
         return _already_there(step, answer, file, how=how, duplicate=f"identical file already {where}")
-    if answer.recorded is not None:
+    following = _other_bytes(step, answer, file, on_conflict)
+    recorded = answer.recorded
+    if recorded is not None and isinstance(following, Place) and following.rel != recorded.path:
         # This very file, recorded by an earlier run (a rerun of ingest, or of a commit killed
-        # before it removed the file), under another conflict policy: its bytes are kept where
-        # its row says. A second place for them would be a file no row records.
-        detail = "recorded by an earlier run, under another conflict policy; its bytes are kept there"
-        return Outcome(Status.DUPLICATE, answer.recorded, detail=detail, existing_sha256=answer.sha256)
-    return _other_bytes(step, answer, file, on_conflict)
+        # before it removed the file) that kept its bytes elsewhere than this run's policy
+        # would: they stay there. A second place for them would be a file no row records.
+        if recorded.status is Status.CONFLICT:
+            detail = "an open conflict recorded by an earlier run (another conflict policy); kept there for review"
+            return Outcome(Status.CONFLICT, recorded.path, detail=detail, existing_sha256=answer.sha256)
+        detail = f"recorded by an earlier run ({recorded.status}), under another conflict policy; its bytes are there"
+        return Outcome(Status.DUPLICATE, recorded.path, detail=detail, existing_sha256=answer.sha256)
+    return following
 
 
 def _other_bytes(step: Place, answer: Answer, file: File, on_conflict: OnConflict) -> Step:

@@ -45,6 +45,7 @@ from dicomcommit.committing.decide import (
     OnConflict,
     Outcome,
     Place,
+    Recorded,
     Redescribe,
     Refuse,
     Role,
@@ -123,8 +124,9 @@ def commit(
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=scan.skipped)
     for name, reason in scan.skipped:
         log.warning("left in staging: %s (%s)", staging / name, reason)
-    run(StagingDir(staging, settle=settle), archive, scan.files, parsed, report, on_conflict=on_conflict,
-        durable=durable, batch_size=batch_size, lock_timeout=lock_timeout, progress=progress)  # fmt: skip
+    run(StagingDir(staging, settle=settle), open_archive(archive, durable=durable), scan.files, parsed, report,
+        on_conflict=on_conflict, durable=durable, batch_size=batch_size, lock_timeout=lock_timeout,
+        progress=progress)  # fmt: skip
     return report
 
 
@@ -140,7 +142,7 @@ def check_on_conflict(on_conflict: str) -> None:
 
 def run(
     source: Source,
-    archive_dir: Path,
+    archive: BaseArchive,
     names: list[str],
     template: Template,
     report: CommitReport,
@@ -151,13 +153,13 @@ def run(
     lock_timeout: float | None = None,
     progress: Progress | None = None,
 ) -> None:
-    """Commit the files *names* of *source* into the archive at *archive_dir*, adding to
-    *report* (for a dry run when ``report.dry_run``)."""
-    archive: BaseArchive = open_archive(archive_dir, durable=durable)
+    """Commit the files *names* of *source* into *archive*, adding to *report* (for a dry run
+    when ``report.dry_run``)."""
+    manifest_at = archive.location  # the archive's own manifest, in its state directory
     if report.dry_run:
         archive, source = Rehearsal(archive), source.rehearsal()
     lock = archive.lock(lock_timeout)  # before the manifest: it checks the state directory first
-    manifest = open_manifest(archive_dir, create=True, durable=durable, rehearse=report.dry_run)
+    manifest = open_manifest(manifest_at, create=True, durable=durable, rehearse=report.dry_run)
     with manifest:
         committer = _Committer(source, archive, manifest, template=template, on_conflict=on_conflict, report=report,
                                durable=durable)  # fmt: skip
@@ -273,7 +275,7 @@ class _Committer:
             self.report.left_in_place.append((staged.name, step.reason))
             return None
         if isinstance(step, Refuse):
-            raise ConflictError(str(self.source.root / staged.name), str(Path(self.archive.location) / step.target))
+            raise ConflictError(str(self.source.root / staged.name), f"{self.archive.location}/{step.target}")
         if isinstance(step, Redescribe):
             return self._journal_was_wrong(staged)
         if step.status in (Status.COMMITTED, Status.CONFLICT):
@@ -291,26 +293,27 @@ class _Committer:
         placed = self._place(staged, step.rel)
         if placed is Placed.CREATED or step.role is Role.INVALID_COPY:
             return Answer(placed)
+        in_run = step.rel in self.placed
+        if step.role is Role.CONFLICT_COPY:  # named by the bytes' hash: no need to read them
+            kept = in_run or bool(self.manifest.records(Status.CONFLICT, path=step.rel))
+            return Answer(placed, open_conflict=kept)
         existing, recorded = None, None
         if placed is Placed.EXISTS:
             existing = self.archive.sha256(step.rel)
             sha256 = staged.hash(self.source.dir_fd)  # the bytes must be compared
-            if existing != sha256 and step.role is not Role.CONFLICT_COPY:
-                recorded = self._recorded_at(self.source.prefix + staged.name, sha256)
-        in_run = step.rel in self.placed
-        if step.role is Role.CONFLICT_COPY:
-            kept = in_run or bool(self.manifest.records(Status.CONFLICT, path=step.rel))
-            return Answer(placed, existing, open_conflict=kept)
+            if existing != sha256:
+                recorded = self._recorded(self.source.prefix + staged.name, sha256)
         rows = [] if in_run else self.manifest.records(Status.COMMITTED, path=step.rel)
         holder = Holder(rows[0].id, rows[0].source, rows[0].sha256) if rows else None
         return Answer(placed, existing, placed_this_run=in_run, holder=holder, recorded=recorded)
 
-    def _recorded_at(self, source: str, sha256: str) -> str | None:
-        """Where the manifest's row of this very file keeps its bytes, if it has one and they are there."""
+    def _recorded(self, source: str, sha256: str) -> Recorded | None:
+        """The manifest's row of this very file, if it has one and a file of its size is at its path
+        (kept copies are named by their hash; ``recover --verify`` checks the bytes themselves)."""
         row = self.manifest.find(source, sha256)
-        if row is None or row.status is Status.INVALID or self.archive.sha256(row.path) != sha256:
+        if row is None or row.status is Status.INVALID or self.archive.size(row.path) != row.size:
             return None
-        return row.path
+        return Recorded(row.path, row.status)
 
     def _place(self, staged: Staged, rel: str) -> Placed:
         # The archive never shares an inode with a tree ingest copies from (nor, a file that

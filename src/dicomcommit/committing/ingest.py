@@ -18,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from dicomcommit.archives import open_archive
 from dicomcommit.checks import check_batch_size, check_dirs, check_lock_timeout, check_seconds
 from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, OnConflict, Progress, check_on_conflict, run
 from dicomcommit.committing.outcomes import CommitReport
@@ -83,8 +84,8 @@ def ingest(
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=list(scan.skipped))
     described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
     tree = SourceTree(source, settle=settle, move=move, described=described or {})
-    run(tree, archive, scan.files, parsed, report, on_conflict=on_conflict, durable=durable, batch_size=batch_size,
-        lock_timeout=lock_timeout, progress=progress)  # fmt: skip
+    run(tree, open_archive(archive, durable=durable), scan.files, parsed, report, on_conflict=on_conflict,
+        durable=durable, batch_size=batch_size, lock_timeout=lock_timeout, progress=progress)  # fmt: skip
     return report
 
 

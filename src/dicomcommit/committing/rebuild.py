@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dicomcommit.archives import BaseArchive
 from dicomcommit.dicom.headers import NotDicom, read_attrs
+from dicomcommit.errors import ArchiveError
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, REJECTED_DIR, REPLACED_DIR
 from dicomcommit.manifests import open_manifest, set_aside
 from dicomcommit.manifests.records import NewRecord, Status, now
@@ -37,7 +38,7 @@ def rebuild(archive: BaseArchive, template: str) -> str | None:
     resolutions: dict[str, str] = {}  # resolved copies, and how they were resolved
     for sha256, rel, size in _state_files(archive, CONFLICTS_DIR):
         target = _target_of(archive, rel, parsed)
-        existing = None if target is None else archive.sha256(target)
+        existing = None if target is None else _sha256_or_none(archive, target)
         detail = f"{_LOST}; the target holds sha256 {existing}" if existing else _LOST
         rows.append(_row(Status.CONFLICT, target, rel, size, sha256, detail=detail, existing=existing))
     for sha256, rel, size in _state_files(archive, INVALID_DIR):
@@ -62,6 +63,14 @@ def _state_files(archive: BaseArchive, folder: tuple[str, ...]) -> list[tuple[st
         if hashed is not None:
             found.append((hashed[0], rel, hashed[1]))
     return found
+
+
+def _sha256_or_none(archive: BaseArchive, rel: str) -> str | None:
+    """The hash of the file at *rel*; None also when a directory on its way is not a real one."""
+    try:
+        return archive.sha256(rel)
+    except ArchiveError:
+        return None
 
 
 def _target_of(archive: BaseArchive, rel: str, template: Template) -> str | None:

@@ -37,6 +37,7 @@ from dicomcommit.committing.rebuild import rebuild
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve
 from dicomcommit.committing.sources import StagingDir
 from dicomcommit.dicom.headers import NotDicom, read_attrs
+from dicomcommit.errors import ArchiveError
 from dicomcommit.hashing import hash_file, sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, PART_SUFFIX, TMP_DIR
 from dicomcommit.manifests import BaseManifest, open_manifest
@@ -174,8 +175,7 @@ def _finish_linked(
     if check:
         return
     for (parsed, on_conflict), names in groups.items():
-        run(StagingDir(staging), Path(archive.location), names, parsed, CommitReport(run=new_run_id()),
-            on_conflict=on_conflict)  # fmt: skip
+        run(StagingDir(staging), archive, names, parsed, CommitReport(run=new_run_id()), on_conflict=on_conflict)
 
 
 def _placement_of(
@@ -302,14 +302,13 @@ def _reconcile(archive: BaseArchive, manifest: BaseManifest, verify: bool, check
     by_path: dict[str, Record] = {}
     hashes: dict[int, str] = {}
     for record in manifest.records():
-        if record.status is Status.DUPLICATE:  # its bytes are another row's: they must be there
-            if not archive.exists(record.path):
-                report.missing.append(f"#{record.id} duplicate of {record.path}")
-            elif verify and record.sha256 not in (None, archive.sha256(record.path)):
-                report.mismatched.append(f"#{record.id} duplicate of {record.path}: its bytes are not these")
+        if record.status is not Status.DUPLICATE:
+            by_path.setdefault(record.path, record)
+        try:
+            sha256 = _check_bytes(archive, record, verify, report)
+        except ArchiveError as exc:  # a directory on its way swapped for a symlink: reported, never followed
+            report.mismatched.append(f"#{record.id} {record.path}: {exc}")
             continue
-        by_path.setdefault(record.path, record)
-        sha256 = _check_bytes(archive, record, verify, report)
         if sha256 is not None and record.sha256 is None:
             report.hashed.append(f"#{record.id} {record.path}")
             hashes[record.id] = sha256
@@ -336,7 +335,14 @@ def _reconcile(archive: BaseArchive, manifest: BaseManifest, verify: bool, check
 
 
 def _check_bytes(archive: BaseArchive, record: Record, verify: bool, report: RecoverReport) -> str | None:
-    """Report missing or differing bytes; with *verify*, return the hash of the bytes there."""
+    """Report missing or differing bytes; with *verify*, return the hash of the bytes there
+    (None for a duplicate: its bytes are another row's)."""
+    if record.status is Status.DUPLICATE:  # its bytes are another row's: they must be there
+        if not archive.exists(record.path):
+            report.missing.append(f"#{record.id} duplicate of {record.path}")
+        elif verify and record.sha256 not in (None, archive.sha256(record.path)):
+            report.mismatched.append(f"#{record.id} duplicate of {record.path}: its bytes are not these")
+        return None
     if not archive.exists(record.path):
         report.missing.append(f"#{record.id} {record.status} {record.path}")
         return None

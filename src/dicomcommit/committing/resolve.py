@@ -185,7 +185,7 @@ def _keep_staged(archive: BaseArchive, row: Record, manifest: BaseManifest, who:
     point("resolve:after-manifest")
 
 
-_ACTIONS: dict[str, Callable[[BaseArchive, Record, BaseManifest, str], None]] = {
+_ACTIONS: dict[Keep, Callable[[BaseArchive, Record, BaseManifest, str], None]] = {
     "existing": _keep_existing,
     "staged": _keep_staged,
     "both": _keep_both,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,8 @@ class Source:
     described: dict[str, Described] = field(default_factory=dict)
 
     def rehearsal(self) -> Source:
-        """This source for a dry run."""
-        self.rehearsing = True
-        return self
+        """A copy of this source for a dry run: it flushes, removes and prunes nothing."""
+        return dataclasses.replace(self, rehearsing=True)
 
     def start_batch(self) -> None:
         """Open the directory for a batch (and read what the journal gained since the last)."""
@@ -105,9 +105,13 @@ class SourceTree(Source):
     """A tree ``ingest`` copies (or, with *move*, moves) from; named in the manifest by path."""
 
     move: bool = False
+    # Not arguments here: they follow from root and move.
+    prefix: str = field(init=False, default="")
+    copies: bool = field(init=False, default=True)
+    sets_aside_invalid: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        self.prefix, self.copies, self.sets_aside_invalid = f"{self.root}/", not self.move, False
+        self.prefix, self.copies = f"{self.root}/", not self.move
 
     def failure(self, message: str, path: str | os.PathLike[str], exc: OSError | None = None) -> CommitError:
         return IngestError(message, path, exc)

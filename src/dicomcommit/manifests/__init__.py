@@ -32,10 +32,7 @@ def open_manifest(
             cannot be opened.
     """
     if rehearse:
-        if not SQLiteManifest.exists(archive):
-            return SQLiteManifest.empty(archive)
-        with SQLiteManifest(archive) as real:
-            return real.rehearsal()
+        return SQLiteManifest.rehearsal_of(archive)
     return SQLiteManifest(archive, create=create, durable=durable)
 
 

@@ -305,16 +305,25 @@ class SQLiteManifest(BaseManifest):
             raise failure(self.path, exc, "cannot read the manifest") from exc
         return SQLiteManifest._on(copy, self.path)
 
-    @staticmethod
-    def exists(archive_dir: str | os.PathLike[str]) -> bool:
-        """Whether *archive_dir* has a manifest file."""
-        return (Path(archive_dir) / STATE_DIR / MANIFEST_NAME).is_file()
-
     @classmethod
-    def empty(cls, archive_dir: str | os.PathLike[str]) -> SQLiteManifest:
-        """A new manifest in memory, for a dry run on an archive that has none yet."""
-        manifest = cls._on(sqlite3.connect(":memory:", isolation_level=None), Path(archive_dir) / STATE_DIR
-                           / MANIFEST_NAME)  # fmt: skip
+    def rehearsal_of(cls, archive_dir: str | os.PathLike[str]) -> SQLiteManifest:
+        """A copy in memory of the manifest of *archive_dir* (empty when it has none), for a
+        dry run. The file is only read, as any reader does (no pragma, no upgrade: an older
+        schema is upgraded in the copy); SQLite may create its -wal and -shm files for the
+        read and removes them again."""
+        path = Path(archive_dir) / STATE_DIR / MANIFEST_NAME
+        copy = sqlite3.connect(":memory:", isolation_level=None)
+        if path.is_file() and not path.is_symlink():
+            try:
+                real = sqlite3.connect(path, timeout=60, isolation_level=None)
+                try:
+                    real.backup(copy)
+                finally:
+                    real.close()
+            except sqlite3.Error as exc:
+                copy.close()
+                raise failure(path, exc, "cannot read the manifest") from exc
+        manifest = cls._on(copy, path)
         manifest._upgrade(create=True)
         return manifest
 
