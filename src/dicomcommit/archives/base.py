@@ -26,10 +26,15 @@ class Payload:
 
     dir_fd: int
     name: str
-    path: str  # for messages, and for a dry run to hash it later
+    root: str  # the directory *dir_fd* is open on
     nlink: int  # more than 1: other names share its inode, so it is copied, never linked
     copy: bool  # copy its bytes even when it could be linked (ingest's copy mode)
     open: Callable[[], int]  # an fd on its bytes (opened once by the source)
+
+    @property
+    def path(self) -> str:
+        """Its path, for messages, and for a dry run to hash it later."""
+        return f"{self.root}/{self.name}"
 
 
 class BaseArchive(ABC):

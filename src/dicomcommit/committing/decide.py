@@ -42,7 +42,7 @@ class Role(Enum):
     INVALID_COPY = "invalid copy"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class File:
     """What is known of the staged file when it asks for a name."""
 
@@ -54,7 +54,7 @@ class File:
     invalid: str | None = None  # why it is not DICOM that can be named
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Place:
     """Ask the archive for the name *rel*. ``existing`` carries the hash of what holds the
     target (None: not a regular file) from the target's answer to later steps."""
@@ -64,7 +64,7 @@ class Place:
     existing: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Holder:
     """A committed manifest row of the name that was taken."""
 
@@ -73,7 +73,7 @@ class Holder:
     sha256: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Recorded:
     """The manifest's row of this very file (its source and its bytes), from an earlier run."""
 
@@ -81,7 +81,7 @@ class Recorded:
     status: Status
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answer:
     """What the archive answered, and what the run and the manifest know of the name."""
 
@@ -93,7 +93,7 @@ class Answer:
     recorded: Recorded | None = None  # an earlier run's row of this very file, its bytes still there
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Outcome:
     """The file's outcome: the record commit writes for it."""
 
@@ -105,21 +105,21 @@ class Outcome:
     sha256: str | None = None  # the hash to record when the file's own was not read (its earlier row's)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Leave:
     """The file stays where it is, with why (an ingest source's file that is not DICOM)."""
 
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Refuse:
     """``on_conflict="error"``: stop at this conflict, leaving the file staged."""
 
     target: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Redescribe:
     """The file's bytes are not the ones its journal line describes: name it from its own
     header, as a foreign file, and start again."""
@@ -164,6 +164,8 @@ def _kept(step: Place, answer: Answer) -> Outcome:
 
 
 def _created(step: Place, file: File) -> Outcome:
+    if step.role is Role.TARGET and not file.extra_links:
+        return Outcome(Status.COMMITTED, step.rel)  # the common case, once per file
     notes = []
     if step.role is Role.DERIVED:
         notes.append(f"conflict with {file.target} (sha256 {step.existing}); committed under a derived name")

@@ -68,6 +68,7 @@ DEFAULT_BATCH = 2000
 DEFAULT_SETTLE = 2.0  # seconds a foreign file must go unmodified before commit takes it
 
 Progress = Callable[[int, int], None]
+_CREATED = Answer(Placed.CREATED)
 _T = TypeVar("_T")
 __all__ = ["DEFAULT_BATCH", "DEFAULT_SETTLE", "ON_CONFLICT_CHOICES", "OnConflict", "Progress", "commit", "run"]
 
@@ -181,6 +182,7 @@ class _Committer:
         durable: bool,
     ) -> None:
         self.durable = durable
+        self.root = str(source.root)
         self.source, self.archive, self.manifest, self.template = source, archive, manifest, template
         self.on_conflict, self.report = on_conflict, report
         self.placed: set[str] = set()  # archive names this batch placed (their rows are not in yet)
@@ -291,7 +293,9 @@ class _Committer:
     def _ask(self, staged: Staged, step: Place) -> Answer:
         """Place *staged* at ``step.rel``, and gather what the decision needs to know of a taken name."""
         placed = self._place(staged, step.rel)
-        if placed is Placed.CREATED or step.role is Role.INVALID_COPY:
+        if placed is Placed.CREATED:
+            return _CREATED
+        if step.role is Role.INVALID_COPY:
             return Answer(placed)
         in_run = step.rel in self.placed
         if step.role is Role.CONFLICT_COPY:  # named by the bytes' hash: no need to read them
@@ -318,8 +322,8 @@ class _Committer:
     def _place(self, staged: Staged, rel: str) -> Placed:
         # The archive never shares an inode with a tree ingest copies from (nor, a file that
         # has other hard links is copied, with any name outside the archive).
-        payload = Payload(self.source.dir_fd, staged.name, str(self.source.root / staged.name), staged.nlink,
-                          self.source.copies, partial(staged.open, self.source.dir_fd))  # fmt: skip
+        payload = Payload(self.source.dir_fd, staged.name, self.root, staged.nlink, self.source.copies,
+                          partial(staged.open, self.source.dir_fd))  # fmt: skip
         try:
             placed = self.archive.place(payload, rel)
         except DicomCommitError:

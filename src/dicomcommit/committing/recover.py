@@ -260,7 +260,7 @@ def _set_aside_part(staging: Path, staging_fd: int, name: str, archive: BaseArch
     try:
         sha256, size = hash_file(fd)
         where = "/".join((*INVALID_DIR, sha256))
-        payload = Payload(staging_fd, name, str(staging / name), os.fstat(fd).st_nlink, False, lambda: fd)
+        payload = Payload(staging_fd, name, str(staging), os.fstat(fd).st_nlink, False, lambda: fd)
         archive.place(payload, where)
     finally:
         os.close(fd)
