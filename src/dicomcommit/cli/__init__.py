@@ -1,1 +1,1 @@
-"""cli"""
+"""The command line: ``dicomcommit`` (``main``), its tables and the demo."""

@@ -1,1 +1,1 @@
-"""dicom"""
+"""Reading DICOM bytes: naming attributes from headers (raw scanner, pydicom for the rest), and completeness."""
