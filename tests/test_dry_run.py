@@ -281,7 +281,7 @@ def check_round(entry: Entry, tree: Path, archive: Path, *, on_conflict: OnConfl
 # parametrization. A failure is reported as generated; its message lists only the outcomes
 # that differ. (To shrink one, add Phase.shrink and run that parametrization alone.)
 @settings(
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[HealthCheck.too_slow],
