@@ -179,19 +179,27 @@ def test_an_ingest_rerun_under_another_policy_records_every_file(
     assert unrecorded(archive) == before == set()
 
 
+def commit_a_conflict_killed_before_its_unlink(
+    staging: Path, archive: Path, make_ds: MakeDs, on_conflict: OnConflict
+) -> None:
+    """Commit one file, then a different version of it with *on_conflict*, killed once its
+    rows are in and before it removes the staged file."""
+    Stager(staging).stage(make_ds(1))
+    commit(staging, archive)
+    Stager(staging).stage(make_ds(1, variant=1))
+    code = "import sys; from dicomcommit import commit; commit(sys.argv[1], sys.argv[2], on_conflict=sys.argv[3])"
+    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": "commit:after-manifest:1"}
+    argv = [sys.executable, "-c", code, str(staging), str(archive), on_conflict]
+    assert subprocess.run(argv, env=env, check=False).returncode == -9
+
+
 def test_a_commit_killed_before_its_unlinks_and_rerun_under_another_policy(
     dirs: tuple[Path, Path], make_ds: MakeDs
 ) -> None:
     """Killed after its rows were in: the rerun (with --on-conflict record) finds the staged
     file recorded at its derived name, and removes it from staging; nothing new appears."""
     staging, archive = dirs
-    Stager(staging).stage(make_ds(1))
-    commit(staging, archive)
-    Stager(staging).stage(make_ds(1, variant=1))
-    code = "import sys; from dicomcommit import commit; commit(sys.argv[1], sys.argv[2], on_conflict='suffix')"
-    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": "commit:after-manifest:1"}
-    killed = subprocess.run([sys.executable, "-c", code, str(staging), str(archive)], env=env, check=False)
-    assert killed.returncode == -9
+    commit_a_conflict_killed_before_its_unlink(staging, archive, make_ds, "suffix")
     rerun = commit(staging, archive, on_conflict="record")
     assert (rerun.committed, rerun.duplicates, rerun.conflicts) == (0, 1, 0)
     assert unrecorded(archive) == set()
@@ -201,13 +209,7 @@ def test_a_commit_killed_before_its_unlinks_and_rerun_under_another_policy(
 def test_a_commit_killed_before_removing_a_conflict_reports_it_again(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
     """The same policy after the kill: the conflict is still open, so the rerun says so (exit 3)."""
     staging, archive = dirs
-    Stager(staging).stage(make_ds(1))
-    commit(staging, archive)
-    Stager(staging).stage(make_ds(1, variant=1))
-    code = "import sys; from dicomcommit import commit; commit(sys.argv[1], sys.argv[2])"
-    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": "commit:after-manifest:1"}
-    killed = subprocess.run([sys.executable, "-c", code, str(staging), str(archive)], env=env, check=False)
-    assert killed.returncode == -9
+    commit_a_conflict_killed_before_its_unlink(staging, archive, make_ds, "record")
     rerun = commit(staging, archive)
     assert (rerun.committed, rerun.duplicates, rerun.conflicts) == (0, 0, 1)
     assert rerun.needs_review

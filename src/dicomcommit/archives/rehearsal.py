@@ -38,8 +38,8 @@ class Rehearsal(BaseArchive):
         return self.real.hash(rel) if holder is None else hash_at(holder)
 
     def size(self, rel: str) -> int | None:
-        found = self.hash(rel) if rel in self.placed else None
-        return self.real.size(rel) if found is None else found[1]
+        holder = self.placed.get(rel)
+        return self.real.size(rel) if holder is None else os.stat(holder, follow_symlinks=False).st_size
 
     def exists(self, rel: str) -> bool:
         return rel in self.placed or self.real.exists(rel)
