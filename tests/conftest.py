@@ -16,6 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from dicomcommit.synthetic import synthetic_dataset
+from tests.pg_server import PostgresServer
 
 ROOT = "1.2.826.0.1.3680043.10.1234"
 
@@ -124,3 +125,18 @@ def dir_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
     return synced
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole session (tests/pg_server.py).
+
+    Never skipped: without PostgreSQL's binaries it fails, saying how to install them."""
+    with PostgresServer(tmp_path_factory.mktemp("pg")) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's server, as a postgresql:// URL."""
+    return pg_server.create_database()

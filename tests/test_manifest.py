@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from dicomcommit import Manifest, NewRecord, Stager, Status, commit
 from dicomcommit.errors import ManifestError
-from dicomcommit.manifests.sqlite import _attrs_json
+from dicomcommit.manifests.records import host_id
+from dicomcommit.manifests.sqlite import SQLiteManifest, _attrs_json, default_path
 from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import ROOT
 
@@ -61,10 +62,12 @@ def test_a_version_1_manifest_is_upgraded_in_place(tmp_path: Path) -> None:
     assert [r.sha256 for r in rows] == ["ab", None]
     db = sqlite3.connect(tmp_path / ".dicomcommit" / "manifest.sqlite")
     try:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
         assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+        # An old row's host is its run's; a new row's, this host's.
+        assert db.execute("SELECT host FROM files ORDER BY id").fetchall() == [("h",), (host_id(),)]
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
-        assert "files_v1" not in tables
+        assert "files_old" not in tables
         assert "files_path" not in tables
     finally:
         db.close()
@@ -84,14 +87,14 @@ def test_a_new_manifest_has_16_kib_pages(tmp_path: Path) -> None:
 def test_a_durable_manifest_syncs_every_transaction(tmp_path: Path, durable: bool, level: int) -> None:
     """Staged files are unlinked once their rows are committed: in durable mode a committed
     transaction must survive a power cut (synchronous=FULL is 2; NORMAL, 1, may lose it)."""
-    with Manifest(tmp_path, create=True, durable=durable) as manifest:
+    with SQLiteManifest(default_path(tmp_path), create=True, durable=durable) as manifest:
         assert manifest._db.execute("PRAGMA synchronous").fetchone() == (level,)
 
 
 def test_lookups_by_path_and_by_review_status_use_indexes(tmp_path: Path) -> None:
     """A resolve looks rows up by path, a review by status: neither may scan the table."""
     plans: list[str] = []
-    with Manifest(tmp_path, create=True) as manifest:
+    with SQLiteManifest(default_path(tmp_path), create=True) as manifest:
         manifest.add([_row(f"P/{i}.dcm", f"s{i}", f"{i:064x}") for i in range(500)])
         manifest._db.execute("ANALYZE")  # the planner then knows the table is big
         manifest._db.set_trace_callback(plans.append)

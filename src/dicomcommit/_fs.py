@@ -123,6 +123,15 @@ def same_inode(a_dir_fd: int, a: str, b_dir_fd: int, b: str) -> bool:
     return os.path.samestat(sa, sb)
 
 
+def exists_at(dir_fd: int, name: str) -> bool:
+    """Whether anything holds the name *name* in *dir_fd* (a symlink is not followed)."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def unlink_quietly(dir_fd: int, name: str) -> None:
     """Remove *name* from *dir_fd*; already gone is fine."""
     with contextlib.suppress(FileNotFoundError):
@@ -158,14 +167,15 @@ def flush_files(dir_fd: int, names: list[str]) -> None:
             os.close(fd)
 
 
-def copy_exclusive(src_fd: int, dst_dir_fd: int, *, durable: bool) -> str:
-    """Copy the open file *src_fd* to a new uniquely named ``.part`` file in *dst_dir_fd*.
+def copy_exclusive(src_fd: int, dst_dir_fd: int, *, durable: bool, owner: str = "") -> str:
+    """Copy the open file *src_fd* to a new uniquely named ``.part`` file in *dst_dir_fd*
+    (``<owner>.<uuid>.part`` with an *owner*, see :func:`tmp_owner`).
 
     Used when staging and archive are on different filesystems (``EXDEV``): the copy lives
     on the archive's filesystem, so it can then be linked without clobbering.
     Returns the name of the copy; the caller unlinks it after linking.
     """
-    name = f"{uuid.uuid4().hex}{PART_SUFFIX}"
+    name = f"{owner}.{uuid.uuid4().hex}{PART_SUFFIX}" if owner else f"{uuid.uuid4().hex}{PART_SUFFIX}"
     mode = os.fstat(src_fd).st_mode & 0o777
     fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dst_dir_fd)
     try:
@@ -185,6 +195,12 @@ def copy_exclusive(src_fd: int, dst_dir_fd: int, *, durable: bool) -> str:
         unlink_quietly(dst_dir_fd, name)
         raise
     return name
+
+
+def tmp_owner(name: str) -> str:
+    """The owner a temporary copy's name carries ("" for none), see :func:`copy_exclusive`."""
+    owner, dot, _ = name.removesuffix(PART_SUFFIX).rpartition(".")
+    return owner if dot else ""
 
 
 def split_rel(rel: str) -> tuple[tuple[str, ...], str]:

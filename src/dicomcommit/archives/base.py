@@ -42,6 +42,17 @@ class BaseArchive(ABC):
 
     #: Where it is, for messages.
     location: str
+    #: Who is placing files (a committer's lease, with a shared manifest): its temporary
+    #: copies carry it, so that ``recover`` removes only those of committers that are gone.
+    owner: str = ""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Create the archive (and its state directory) if it is not there yet.
+
+        Raises:
+            ArchiveError: it cannot be created, or its state directory is not a real directory.
+        """
 
     @abstractmethod
     def lock(self, timeout: float | None) -> AbstractContextManager[None]:

@@ -59,10 +59,13 @@ class FilesystemArchive(BaseArchive):
         lock_file = make_state_dir(self.root) / LOCK_NAME
         return Locked(FileLock(lock_file, timeout=-1 if timeout is None else timeout))
 
+    def create(self) -> None:
+        make_state_dir(self.root)
+
     def place(self, payload: Payload, rel: str) -> _fs.Placed:
         dirs, name = _fs.split_rel(rel)
         return self.tree.link_in(payload.dir_fd, payload.name, dirs, name, open_src=payload.open, copy=payload.copy,
-                                 nlink=payload.nlink)  # fmt: skip
+                                 nlink=payload.nlink, owner=self.owner)  # fmt: skip
 
     def size(self, rel: str) -> int | None:
         st = self._stat(rel)
@@ -272,6 +275,7 @@ class _DirTree:
         open_src: Callable[[], int],
         copy: bool,
         nlink: int | None = None,
+        owner: str = "",
     ) -> _fs.Placed:
         """Give the file *src* the name *dirs*/*name* below the root, never clobbering.
 
@@ -294,6 +298,7 @@ class _DirTree:
             nlink = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_nlink
         copy = copy or nlink > 1
         if copy and _fs.same_inode(src_dir_fd, src, dst_fd, name):
+            self.touch(dirs)  # the earlier run may have died before its fsync
             return _fs.Placed.SAME_INODE
         if not copy:
             try:
@@ -305,12 +310,15 @@ class _DirTree:
                     raise
         if placed is None:
             tmp_fd = self.dir_fd(self._tmp)
-            tmp = _fs.copy_exclusive(open_src(), tmp_fd, durable=self.durable)
+            tmp = _fs.copy_exclusive(open_src(), tmp_fd, durable=self.durable, owner=owner)
             try:
                 placed = _fs.link_noclobber(tmp_fd, tmp, dst_fd, name, where=where)
             finally:
                 _fs.unlink_quietly(tmp_fd, tmp)
-        if placed is _fs.Placed.CREATED:
+            if placed is _fs.Placed.SAME_INODE:  # a fresh copy: NFS reported a failure for a link that happened
+                placed = _fs.Placed.CREATED
+        if placed is not _fs.Placed.EXISTS:
+            # Also an earlier run's link (SAME_INODE): that run may have died before its fsync.
             self.touch(dirs)
         return placed
 

@@ -21,6 +21,9 @@ class Rehearsal(BaseArchive):
         self.location = real.location
         self.placed: dict[str, str] = {}  # name -> the local path of the file that would hold it
 
+    def create(self) -> None:
+        """A dry run creates nothing."""
+
     def lock(self, timeout: float | None) -> AbstractContextManager[None]:
         return contextlib.nullcontext()
 

@@ -29,7 +29,9 @@ def _stage_worker(staging: str, root: str, jobs: list[tuple[int, int]]) -> None:
             stager.stage(synthetic_dataset(root, index, variant))
 
 
-def run_demo(staging: Path, archive: Path, *, workers: int, files: int, out: TextIO) -> int:
+def run_demo(
+    staging: Path, archive: Path, *, workers: int, files: int, out: TextIO, manifest: str | None = None
+) -> int:
     """Stage ``workers * files`` datasets from *workers* processes, commit, report, check.
 
     Returns the exit code: 0 when the archive holds exactly what was expected.
@@ -56,12 +58,12 @@ def run_demo(staging: Path, archive: Path, *, workers: int, files: int, out: Tex
           f"({len(jobs) / staged_s:,.0f} files/s)", file=out)  # fmt: skip
 
     started = time.perf_counter()
-    report = commit(staging, archive)
+    report = commit(staging, archive, manifest=manifest)
     commit_s = time.perf_counter() - started
     print(f"committed into {archive}/ in {commit_s:.2f} s ({len(jobs) / commit_s:,.0f} files/s)", file=out)
     print_summary(report, archive, out)
-    with open_manifest(archive) as manifest:
-        conflicts = manifest.records(Status.CONFLICT, run=report.run)
+    with open_manifest(archive, manifest=manifest) as opened:
+        conflicts = opened.records(Status.CONFLICT, run=report.run)
     print(f"\nconflicts of this run ({len(conflicts)}; first 10):", file=out)
     print_table(conflicts[:10], out)
     return _check(report.counts(), jobs, out)

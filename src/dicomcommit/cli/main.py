@@ -34,7 +34,8 @@ from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import DEFAULT_PART_AGE, recover
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve_many
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
-from dicomcommit.manifests import open_manifest
+from dicomcommit.manifests import ENV_MANIFEST, open_manifest
+from dicomcommit.manifests.copying import copy_manifest
 from dicomcommit.manifests.records import STATUSES
 from dicomcommit.naming import DEFAULT_TEMPLATE
 from dicomcommit.review.report import write_report
@@ -113,6 +114,7 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
         f"at once [{DEFAULT_SETTLE:g}]",
     )
     _add_lock_options(c)
+    _add_manifest_option(c)
 
     i = sub.add_parser("ingest", help="commit an existing tree of DICOM files (copy, or --move)")
     i.add_argument("source", type=Path, help="a tree of files: any names, nested, mixed with other files")
@@ -133,6 +135,17 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
         help=f"leave files modified less than this ago for a later run [{DEFAULT_SETTLE:g} with --move, else 0]",
     )
     _add_lock_options(i)
+    _add_manifest_option(i)
+
+
+def _add_manifest_option(p: _Parser) -> None:
+    p.add_argument(
+        "--manifest",
+        metavar="URL",
+        default=None,
+        help=f"the manifest: a path, sqlite:///path or postgresql://user@host:port/dbname (many hosts) "
+        f"[${ENV_MANIFEST}, else ARCHIVE/.dicomcommit/manifest.sqlite]",
+    )
 
 
 def _add_lock_options(p: _Parser) -> None:
@@ -153,15 +166,18 @@ def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     r.add_argument("--status", choices=(*STATUSES, "all"), default="conflict", help="which rows [conflict]")
     r.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format [table]")
     r.add_argument("--json", action="store_const", const="json", dest="format", help="the same as --format json")
+    _add_manifest_option(r)
 
     s = sub.add_parser("show", help="one manifest row; for a conflict, both files side by side")
     s.add_argument("archive", type=Path)
     s.add_argument("id", type=int, help="the row id (see review)")
     s.add_argument("--json", action="store_true", help="print JSON")
+    _add_manifest_option(s)
 
     rp = sub.add_parser("report", help="write a self-contained HTML page of every open conflict, images included")
     rp.add_argument("archive", type=Path)
     rp.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write (replaced if it exists)")
+    _add_manifest_option(rp)
 
     rs = sub.add_parser("resolve", help="decide a conflict: keep the existing file, the staged one, or both")
     rs.add_argument("archive", type=Path)
@@ -171,6 +187,7 @@ def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     rs.add_argument("--run", help="with --all: only conflicts of this commit run")
     rs.add_argument("--target", metavar="GLOB", help="with --all: only conflicts whose target matches (PAT01/*)")
     rs.add_argument("--json", action="store_true", help="print the updated rows as JSON")
+    _add_manifest_option(rs)
 
 
 def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
@@ -202,12 +219,21 @@ def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
         action="store_true",
         help="set a damaged manifest aside (kept) and rebuild its rows from the archive",
     )
+    _add_manifest_option(rc)
 
     d = sub.add_parser("demo", help="stage synthetic datasets from several processes, then commit them")
     d.add_argument("--workers", type=count, default=4, help="stager processes [4]")
     d.add_argument("--files", type=count, default=250, help="datasets each worker stages [250]")
     d.add_argument("--staging", type=Path, default=Path("staging"), help="staging directory [staging]")
     d.add_argument("--archive", type=Path, default=Path("archive"), help="archive directory [archive]")
+    _add_manifest_option(d)
+
+    m = sub.add_parser("manifest", help="manage a manifest")
+    msub = m.add_subparsers(dest="manifest_command", required=True, parser_class=_Parser)
+    mc = msub.add_parser("copy", help="copy a manifest into a new one (SQLite <-> PostgreSQL), verified row by row")
+    mc.add_argument("source", metavar="FROM_URL", help="the manifest to copy: a path, sqlite:///path or postgresql://")
+    mc.add_argument("dest", metavar="TO_URL", help="a new, empty manifest: a path, sqlite:///path or postgresql://")
+    mc.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -223,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args = build_parser().parse_args(argv)
             handlers = {"commit": _commit, "ingest": _ingest, "review": _review, "show": _show, "resolve": _resolve,
-                        "report": _report, "recover": _recover, "demo": _demo}  # fmt: skip
+                        "report": _report, "recover": _recover, "demo": _demo, "manifest": _manifest}  # fmt: skip
             return handlers[args.command](args)
         except SystemExit as exc:  # --help
             return exc.code if isinstance(exc.code, int) else EXIT_OK
@@ -281,7 +307,20 @@ def _log_warning(  # noqa: PLR0917 (the signature of warnings.showwarning)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return run_demo(args.staging, args.archive, workers=args.workers, files=args.files, out=sys.stdout)
+    return run_demo(args.staging, args.archive, workers=args.workers, files=args.files, out=sys.stdout,
+                    manifest=args.manifest)  # fmt: skip
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    copied = copy_manifest(args.source, args.dest)
+    if args.json:
+        json.dump(copied.to_dict(), sys.stdout, indent=2)
+        print()
+    else:
+        print(printable(f"copied {copied.rows} rows and {copied.runs} runs from {copied.source} to {copied.dest}; "
+                        "every row verified. The old manifest now refuses to be used, and names the new "
+                        "one."))  # fmt: skip
+    return EXIT_OK
 
 
 def _commit(args: argparse.Namespace) -> int:
@@ -298,6 +337,7 @@ def _commit(args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
         progress=progress,
         settle=args.settle,
+        manifest=args.manifest,
     )
     return _print_report(report, args, progress)
 
@@ -318,6 +358,7 @@ def _ingest(args: argparse.Namespace) -> int:
         lock_timeout=args.lock_timeout,
         progress=progress,
         settle=args.settle,
+        manifest=args.manifest,
     )
     return _print_report(report, args, progress)
 
@@ -335,7 +376,8 @@ def _print_report(report: CommitReport, args: argparse.Namespace, progress: _Pro
 
 def _recover(args: argparse.Namespace) -> int:
     report = recover(args.archive, args.staging, check=args.check, part_age=args.part_age, verify=args.verify,
-                     template=args.template, rebuild_manifest=args.rebuild_manifest)  # fmt: skip
+                     template=args.template, rebuild_manifest=args.rebuild_manifest,
+                     manifest=args.manifest)  # fmt: skip
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         print()
@@ -345,7 +387,7 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
-    with open_manifest(args.archive) as manifest:
+    with open_manifest(args.archive, manifest=args.manifest) as manifest:
         records = manifest.records(None if args.status == "all" else args.status)
     if args.format == "json":
         json.dump([r.to_dict() for r in records], sys.stdout, indent=2)
@@ -358,7 +400,7 @@ def _review(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    shown = show(args.archive, args.id)
+    shown = show(args.archive, args.id, manifest=args.manifest)
     if args.json:
         json.dump(shown.to_dict(), sys.stdout, indent=2)
         print()
@@ -368,7 +410,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    listed = write_report(args.archive, args.output)
+    listed = write_report(args.archive, args.output, manifest=args.manifest)
     print(printable(f"{listed} open conflicts written to {args.output}"))
     return EXIT_OK
 
@@ -379,7 +421,7 @@ def _resolve(args: argparse.Namespace) -> int:
     if not args.all and (args.run or args.target):
         raise UsageError("--run and --target go with --all")
     ids = None if args.all else [args.id]
-    records = resolve_many(args.archive, args.keep, ids=ids, run=args.run, target=args.target)
+    records = resolve_many(args.archive, args.keep, ids=ids, run=args.run, target=args.target, manifest=args.manifest)
     if args.json:
         json.dump([r.to_dict() for r in records], sys.stdout, indent=2)
         print()

@@ -52,6 +52,7 @@ class File:
     claimed: str | None = None  # the hash its journal line claims
     extra_links: int = 0  # other hard links it has (then it was copied, not linked)
     invalid: str | None = None  # why it is not DICOM that can be named
+    host: str = ""  # the host it is on (a source is named per host)
 
 
 @dataclass(slots=True)
@@ -71,6 +72,7 @@ class Holder:
     id: int
     source: str
     sha256: str | None
+    host: str = ""
 
 
 @dataclass(slots=True)
@@ -87,7 +89,9 @@ class Answer:
 
     placed: Placed
     sha256: str | None = None  # for EXISTS: the hash of what holds it (None: not a regular file)
-    placed_this_run: bool = False  # an earlier file of this run holds it (its row is not in yet)
+    # An earlier file of this run holds it (its row is not in yet), or another committer's file
+    # with these bytes does (claimed; recorded by that committer or by recover).
+    placed_this_run: bool = False
     holder: Holder | None = None  # the committed row at the name (target and derived names)
     open_conflict: bool = False  # a recorded, open conflict keeps its bytes there (conflict copy)
     recorded: Recorded | None = None  # an earlier run's row of this very file, its bytes still there
@@ -222,7 +226,7 @@ def _already_there(
     the archive, this file claims that row: it is where they came from."""
     holder = None if answer.placed_this_run else answer.holder
     if answer.placed_this_run or (holder is not None and not holder.source.startswith(FOUND_IN_ARCHIVE)):
-        if holder is not None and holder.source == file.source:
+        if holder is not None and (holder.source, holder.host) == (file.source, file.host):
             # This very file, recorded already: still linked (killed before the unlink), it is
             # committed; copied again (a rerun of ingest), a duplicate. The same key either way,
             # so nothing is recorded twice, even when its hash was not read now.

@@ -1,6 +1,8 @@
 """Commit: give each staged file its final name, never replacing a file, losing none.
 
-Per batch, under the archive's lock:
+Per batch, under the archive's lock (with an SQLite manifest: one host), or with none (a
+shared manifest, PostgreSQL: each file is first claimed in the manifest under this
+committer's lease, and each name is arbitrated where it is created):
 
 1. find each file's naming attributes (:mod:`~dicomcommit.committing.describing`: from the
    stager's journal while the file is provably the one its line describes, else from its
@@ -24,12 +26,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit._fs import Placed
 from dicomcommit.archives import BaseArchive, open_archive
@@ -57,8 +60,8 @@ from dicomcommit.committing.describing import Describer, Staged
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.sources import Source, StagingDir
 from dicomcommit.errors import ArchiveError, ConflictError, DicomCommitError, UsageError, names_os_errors
-from dicomcommit.manifests import BaseManifest, open_manifest
-from dicomcommit.manifests.records import NewRecord, Status, new_run_id
+from dicomcommit.manifests import BaseManifest, Location, is_shared, manifest_url, open_manifest
+from dicomcommit.manifests.records import Claim, NewRecord, Record, Status, new_run_id
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, parse_template
 from dicomcommit.scanning import scan_staging
 
@@ -87,6 +90,7 @@ def commit(
     lock_timeout: float | None = None,
     progress: Progress | None = None,
     settle: float = DEFAULT_SETTLE,
+    manifest: Location | None = None,
 ) -> CommitReport:
     """Commit every staged file in *staging_dir* into *archive_dir*.
 
@@ -105,6 +109,10 @@ def commit(
         settle: seconds a foreign file (one no stager wrote, or whose journal line does not
             describe it) must have gone unmodified before it is taken: a younger one may still
             be growing, and is left in place for the next run (0: take it at once).
+        manifest: where the manifest is: a path, ``sqlite:///path`` or
+            ``postgresql://user@host:port/dbname`` (default: ``$DICOMCOMMIT_MANIFEST``, else
+            ``ARCHIVE/.dicomcommit/manifest.sqlite``). With PostgreSQL, committers on many
+            hosts commit into one archive at once, and no archive lock is taken.
 
     Raises:
         UsageError: bad arguments (TemplateError for the template).
@@ -120,13 +128,14 @@ def commit(
     check_seconds("settle", settle)
     check_lock_timeout(lock_timeout)
     parsed = parse_template(template, allow_collisions=allow_collisions)
+    url = manifest_url(archive_dir, manifest)
     staging, archive = check_dirs(Path(staging_dir), Path(archive_dir))
     scan = scan_staging(staging)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=scan.skipped)
     for name, reason in scan.skipped:
         log.warning("left in staging: %s (%s)", staging / name, reason)
     run(StagingDir(staging, settle=settle), open_archive(archive, durable=durable), scan.files, parsed, report,
-        on_conflict=on_conflict, durable=durable, batch_size=batch_size, lock_timeout=lock_timeout,
+        manifest=url, on_conflict=on_conflict, durable=durable, batch_size=batch_size, lock_timeout=lock_timeout,
         progress=progress)  # fmt: skip
     return report
 
@@ -148,6 +157,7 @@ def run(
     template: Template,
     report: CommitReport,
     *,
+    manifest: Location | None = None,
     on_conflict: OnConflict = "record",
     durable: bool = True,
     batch_size: int = DEFAULT_BATCH,
@@ -155,16 +165,26 @@ def run(
     progress: Progress | None = None,
 ) -> None:
     """Commit the files *names* of *source* into *archive*, adding to *report* (for a dry run
-    when ``report.dry_run``)."""
-    manifest_at = archive.location  # the archive's own manifest, in its state directory
+    when ``report.dry_run``); the manifest is at *manifest* (see :func:`commit`)."""
+    url = manifest_url(archive.location, manifest)
     if report.dry_run:
         archive, source = Rehearsal(archive), source.rehearsal()
-    lock = archive.lock(lock_timeout)  # before the manifest: it checks the state directory first
-    manifest = open_manifest(manifest_at, create=True, durable=durable, rehearse=report.dry_run)
-    with manifest:
-        committer = _Committer(source, archive, manifest, template=template, on_conflict=on_conflict, report=report,
+    lock: AbstractContextManager[None]
+    if is_shared(url):  # each name is arbitrated where it is created, each file by its claim
+        check_lock_timeout(lock_timeout)
+        archive.create()
+        lock = nullcontext()
+    else:
+        lock = archive.lock(lock_timeout)  # before the manifest: it checks the state directory first
+    opened = open_manifest(archive.location, manifest=url, create=True, durable=durable, rehearse=report.dry_run)
+    with opened:
+        committer = _Committer(source, archive, opened, template=template, on_conflict=on_conflict, report=report,
                                durable=durable)  # fmt: skip
         committer.run(names, batch_size, lock, progress)
+
+
+class _Gone(Exception):
+    """The staged file is gone: another committer committed it and removed it."""
 
 
 class _Committer:
@@ -192,18 +212,20 @@ class _Committer:
     def run(
         self, names: list[str], batch_size: int, lock: AbstractContextManager[None], progress: Progress | None
     ) -> None:
-        self.manifest.start_run(self.report.run, staging=str(self.source.root), template=self.template.text)
-        try:
-            for start in range(0, len(names), batch_size):
+        with self.manifest.leased():
+            self.archive.owner = self.manifest.lease or ""  # names its temporary copies
+            self.manifest.start_run(self.report.run, staging=str(self.source.root), template=self.template.text)
+            try:
+                for start in range(0, len(names), batch_size):
+                    with lock:
+                        self._batch(names[start : start + batch_size])
+                    if progress is not None:
+                        progress(min(start + batch_size, len(names)), len(names))
                 with lock:
-                    self._batch(names[start : start + batch_size])
-                if progress is not None:
-                    progress(min(start + batch_size, len(names)), len(names))
-            with lock:
-                self.source.finish()
-        finally:
-            self.source.close()
-        self.manifest.finish_run(self.report.run, self.report.counts())
+                    self.source.finish()
+            finally:
+                self.source.close()
+            self.manifest.finish_run(self.report.run, self.report.counts())
 
     def _batch(self, names: list[str]) -> None:
         self.source.start_batch()
@@ -213,6 +235,8 @@ class _Committer:
         try:
             described = (self._guarded(name, partial(self.facts.describe, name)) for name in names)
             batch = [staged for staged in described if staged is not None]
+            if self.manifest.shared:
+                batch = self._claimed(batch)
             # Bytes first, names after: a name must never point at data a power cut can lose.
             if self.durable:
                 self.source.flush([staged.name for staged in batch if staged.unsynced])
@@ -242,6 +266,29 @@ class _Committer:
             self.report.count(record if self.report.dry_run else stored.get(record.key(), record))
             self.source.release(name)
 
+    def _claimed(self, batch: list[Staged]) -> list[Staged]:
+        """The files of *batch* this committer claims (the others are another committer's
+        now). Each claim carries the file's hash, so that ``recover`` can finish it from any
+        host: a foreign file is hashed first."""
+        claims = []
+        for staged in batch:
+            if staged.left is None and staged.claimed is None:
+                self._guarded(staged.name, partial(staged.hash, self.source.dir_fd))
+            target = (
+                None if staged.invalid is not None or staged.left is not None else self.template.render(staged.attrs)
+            )
+            claims.append(Claim(self.source.prefix + staged.name, target, staged.sha256 or staged.claimed, staged.size,
+                                {k: staged.attrs.get(k) for k in self.template.keywords}, self.report.run))  # fmt: skip
+        granted = self.manifest.claim(claims)
+        mine = []
+        for staged, claim in zip(batch, claims, strict=True):
+            if claim.source in granted:
+                mine.append(staged)
+            else:
+                staged.close()
+                self.report.left_in_place.append((staged.name, "claimed by another committer, which commits it"))
+        return mine
+
     def _guarded(self, name: str, step: Callable[[], _T]) -> _T:
         """Run *step* for the file *name*, turning OS errors into the source's error naming it."""
         try:
@@ -255,6 +302,8 @@ class _Committer:
     def _outcome(self, staged: Staged) -> NewRecord | None:
         try:
             return self._decide(staged)
+        except _Gone:  # another committer took it between its claim and ours (committed, and recorded)
+            return None
         finally:
             staged.close()
 
@@ -288,7 +337,7 @@ class _Committer:
         target = None if staged.invalid is not None else self.template.render(staged.attrs)
         extra_links = staged.nlink - 1 if not self.source.copies else 0
         return File(self.source.prefix + staged.name, target, staged.sha256, staged.claimed, extra_links,
-                    staged.invalid)  # fmt: skip
+                    staged.invalid, self.manifest.host)  # fmt: skip
 
     def _ask(self, staged: Staged, step: Place) -> Answer:
         """Place *staged* at ``step.rel``, and gather what the decision needs to know of a taken name."""
@@ -298,18 +347,25 @@ class _Committer:
         if step.role is Role.INVALID_COPY:
             return Answer(placed)
         in_run = step.rel in self.placed
-        if step.role is Role.CONFLICT_COPY:  # named by the bytes' hash: no need to read them
-            kept = in_run or bool(self.manifest.records(Status.CONFLICT, path=step.rel))
-            return Answer(placed, open_conflict=kept)
-        existing, recorded = None, None
+        source = self.source.prefix + staged.name
+        rows: list[Record] = []
+        busy = False
+        if step.role is Role.CONFLICT_COPY:  # named by the bytes' hash: no need to read what is there
+            if not in_run:
+                rows, busy = self.manifest.holders(Status.CONFLICT, step.rel, staged.hash(self.source.dir_fd), source)
+            return Answer(placed, open_conflict=in_run or busy or bool(rows))
+        existing, recorded, sha256 = None, None, None
         if placed is Placed.EXISTS:
             existing = self.archive.sha256(step.rel)
             sha256 = staged.hash(self.source.dir_fd)  # the bytes must be compared
             if existing != sha256:
-                recorded = self._recorded(self.source.prefix + staged.name, sha256)
-        rows = [] if in_run else self.manifest.records(Status.COMMITTED, path=step.rel)
-        holder = Holder(rows[0].id, rows[0].source, rows[0].sha256) if rows else None
-        return Answer(placed, existing, placed_this_run=in_run, holder=holder, recorded=recorded)
+                recorded = self._recorded(source, sha256)
+        if not in_run:
+            # (EXISTS) another committer's file with these bytes, claimed and not recorded yet,
+            # holds the name as an earlier file of this run would.
+            rows, busy = self.manifest.holders(Status.COMMITTED, step.rel, sha256, source)
+        holder = Holder(rows[0].id, rows[0].source, rows[0].sha256, rows[0].host) if rows else None
+        return Answer(placed, existing, placed_this_run=in_run or busy, holder=holder, recorded=recorded)
 
     def _recorded(self, source: str, sha256: str) -> Recorded | None:
         """The manifest's row of this very file, if it has one and a file of its size is at its path
@@ -328,6 +384,11 @@ class _Committer:
             placed = self.archive.place(payload, rel)
         except DicomCommitError:
             raise
+        except FileNotFoundError as exc:
+            if not _fs.exists_at(self.source.dir_fd, staged.name):
+                raise _Gone from exc
+            raise self.source.failure(f"cannot link {payload.path} ({exc.strerror})", f"{self.archive.location}/{rel}",
+                                      exc) from exc  # fmt: skip
         except OSError as exc:
             where = f"{self.archive.location}/{rel}"
             raise self.source.failure(f"cannot link {payload.path} ({exc.strerror})", where, exc) from exc

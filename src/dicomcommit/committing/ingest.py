@@ -25,6 +25,7 @@ from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.sources import SourceTree
 from dicomcommit.dicom.headers import Described, describe
 from dicomcommit.errors import IngestError, UsageError, names_os_errors
+from dicomcommit.manifests import manifest_url
 from dicomcommit.manifests.records import new_run_id
 from dicomcommit.naming import DEFAULT_TEMPLATE, parse_template
 from dicomcommit.scanning import scan_staging
@@ -46,6 +47,7 @@ def ingest(
     lock_timeout: float | None = None,
     progress: Progress | None = None,
     settle: float | None = None,
+    manifest: str | os.PathLike[str] | None = None,
 ) -> CommitReport:
     """Commit every DICOM file below *source_dir* into *archive_dir*.
 
@@ -78,14 +80,16 @@ def ingest(
     settle = (DEFAULT_SETTLE if move else 0.0) if settle is None else settle
     check_seconds("settle", settle)
     parsed = parse_template(template, allow_collisions=allow_collisions)
+    url = manifest_url(archive_dir, manifest)
     source, archive = check_dirs(Path(source_dir), Path(archive_dir), what="source")
     # A source tree is no staging directory: a file named *.part there is just a name.
     scan = scan_staging(source, include_hidden=True, skip_parts=False)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=list(scan.skipped))
     described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
     tree = SourceTree(source, settle=settle, move=move, described=described or {})
-    run(tree, open_archive(archive, durable=durable), scan.files, parsed, report, on_conflict=on_conflict,
-        durable=durable, batch_size=batch_size, lock_timeout=lock_timeout, progress=progress)  # fmt: skip
+    run(tree, open_archive(archive, durable=durable), scan.files, parsed, report, manifest=url,
+        on_conflict=on_conflict, durable=durable, batch_size=batch_size, lock_timeout=lock_timeout,
+        progress=progress)  # fmt: skip
     return report
 
 

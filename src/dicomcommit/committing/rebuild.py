@@ -23,17 +23,17 @@ from dicomcommit.naming import Template, parse_template
 _LOST = "rebuilt from the archive by recover --rebuild-manifest; its staged name and history were lost"
 
 
-def rebuild(archive: BaseArchive, template: str) -> str | None:
-    """Set the manifest of *archive* aside and start a new one with the rows of
-    dicomcommit's own folders; call under the archive lock. Returns where the old manifest
-    went (None when there was none).
+def rebuild(archive: BaseArchive, template: str, manifest: str) -> str | None:
+    """Set the SQLite manifest file *manifest* of *archive* aside and start a new one with
+    the rows of dicomcommit's own folders; call under the archive lock. Returns where the
+    old manifest went (None when there was none).
 
     Raises:
         TemplateError: *template* cannot be used.
         ManifestError: the new manifest cannot be written.
     """
     parsed = parse_template(template, allow_collisions=True)
-    kept = set_aside(archive.location)
+    kept = set_aside(manifest)
     rows: list[NewRecord] = []
     resolutions: dict[str, str] = {}  # resolved copies, and how they were resolved
     for sha256, rel, size in _state_files(archive, CONFLICTS_DIR):
@@ -47,11 +47,11 @@ def rebuild(archive: BaseArchive, template: str) -> str | None:
         for sha256, rel, size in _state_files(archive, folder):
             rows.append(_row(Status.RESOLVED, None, rel, size, sha256, detail=_LOST))
             resolutions[rel] = how
-    with open_manifest(archive.location, create=True) as manifest:
-        manifest.add(rows)
-        with manifest.transaction():
-            for row in manifest.records(Status.RESOLVED):
-                manifest.update(row.id, resolution=resolutions.get(row.path))
+    with open_manifest(archive.location, manifest=manifest, create=True) as rebuilt:
+        rebuilt.add(rows)
+        with rebuilt.transaction():
+            for row in rebuilt.records(Status.RESOLVED):
+                rebuilt.update(row.id, resolution=resolutions.get(row.path))
     return kept
 
 
@@ -87,4 +87,4 @@ def _row(
     status: Status, target: str | None, rel: str, size: int, sha256: str, *, detail: str, existing: str | None = None
 ) -> NewRecord:
     return NewRecord(status, target, rel, f"rebuilt:{rel}", size, sha256, run="recover", time=now(), detail=detail,
-                  existing_sha256=existing)  # fmt: skip
+                     existing_sha256=existing, host="")  # fmt: skip

@@ -13,9 +13,16 @@ After a crash anywhere, rerunning commit already converges. ``recover`` also:
 - with ``verify``, hashes every recorded file, and fills in the hash of rows that have
   none (foreign files that commit named from their header alone);
 - with ``rebuild_manifest``, sets a damaged manifest aside and rebuilds its rows from the
-  archive tree (see :mod:`dicomcommit.committing.rebuild`).
+  archive tree (see :mod:`dicomcommit.committing.rebuild`);
+- with a shared manifest (PostgreSQL, many hosts), finishes the files of committers whose
+  lease expired, from any host: each claim says what the file asked for and its hash, so
+  what the archive holds says whether it was placed (recorded now, with its own host and
+  source) or not (the claim ends; a rerun on its host commits it).
 
-The lock is never deleted: a lock held by a dead process is released by the kernel.
+With an SQLite manifest, recover holds the archive lock (never deleted: a lock held by a
+dead process is released by the kernel). With a shared one it takes no archive lock: it
+leaves alone what live leases are working on, and holds a lock in PostgreSQL that only
+resolve and other recovers wait for.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +45,11 @@ from dicomcommit.committing.rebuild import rebuild
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve
 from dicomcommit.committing.sources import StagingDir
 from dicomcommit.dicom.headers import NotDicom, read_attrs
-from dicomcommit.errors import ArchiveError
+from dicomcommit.errors import ArchiveError, UsageError
 from dicomcommit.hashing import hash_file, sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, PART_SUFFIX, TMP_DIR
-from dicomcommit.manifests import BaseManifest, open_manifest
-from dicomcommit.manifests.records import FOUND_IN_ARCHIVE, NewRecord, Record, Status, new_run_id, now
+from dicomcommit.manifests import BaseManifest, Location, is_shared, manifest_url, open_manifest
+from dicomcommit.manifests.records import FOUND_IN_ARCHIVE, Claim, NewRecord, Record, Status, new_run_id, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template
 from dicomcommit.scanning import scan_staging
 from dicomcommit.staging.journal import JournalIndex, owner_alive, part_owner
@@ -63,6 +71,8 @@ class RecoverReport:
     mismatched: list[str] = field(default_factory=list)  # rows whose bytes differ in size or hash
     hashed: list[str] = field(default_factory=list)  # (verify) rows that had no hash, now filled in
     resolves_finished: list[str] = field(default_factory=list)  # resolve --keep staged killed mid-way
+    claims_finished: list[str] = field(default_factory=list)  # (shared) a dead committer's placed files, recorded
+    claims_ended: list[str] = field(default_factory=list)  # (shared) a dead committer's files it had not placed
     set_aside: str | None = None  # (rebuild_manifest) where the damaged manifest was kept
 
     @property
@@ -70,7 +80,8 @@ class RecoverReport:
         """Check mode: anything to repair or report. Repair mode: anything it could not repair."""
         if self.missing or self.mismatched:
             return True
-        repairs = self.finished or self.parts_moved or self.tmp_removed or self.rows_added or self.resolves_finished
+        repairs = (self.finished or self.parts_moved or self.tmp_removed or self.rows_added or self.resolves_finished
+                   or self.claims_finished or self.claims_ended)  # fmt: skip
         return self.check and bool(repairs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +99,7 @@ def recover(
     template: str | None = None,
     lock_timeout: float | None = None,
     rebuild_manifest: bool = False,
+    manifest: Location | None = None,
 ) -> RecoverReport:
     """Reconcile *archive_dir* (and *staging_dir*) after a crash; see the module docstring.
 
@@ -100,9 +112,10 @@ def recover(
             recorded (default: each file's run's own, found by where its inode is).
         rebuild_manifest: set the manifest aside and rebuild it from the archive (for a
             damaged one); *template* then names conflicts (default: the default template).
+        manifest: where the manifest is (see :func:`dicomcommit.commit`).
 
     Raises:
-        UsageError: a directory does not exist.
+        UsageError: a directory does not exist; *rebuild_manifest* with a PostgreSQL manifest.
         LockTimeout: the archive lock was not acquired in *lock_timeout* seconds.
         ManifestDamaged: the manifest is damaged (and *rebuild_manifest* was not given).
     """
@@ -112,26 +125,32 @@ def recover(
     if staging is not None:
         check_dir(staging, "staging directory")
     check_seconds("part_age", part_age)
+    url = manifest_url(archive, manifest)
     report = RecoverReport(check=check)
     store = open_archive(archive)
-    lock = store.lock(lock_timeout)
+    lock: AbstractContextManager[None] = nullcontext() if is_shared(url) else store.lock(lock_timeout)
+    if rebuild_manifest and is_shared(url):
+        raise UsageError("--rebuild-manifest rebuilds a damaged SQLite manifest from the archive; "
+                         "a PostgreSQL database is repaired with PostgreSQL's own tools (backups, WAL)")  # fmt: skip
     if rebuild_manifest and not check:
         with lock:
-            report.set_aside = rebuild(store, template or DEFAULT_TEMPLATE)
-    with open_manifest(archive, create=True) as manifest, store:
-        _finish_resolves(archive, manifest, check=check, report=report, lock_timeout=lock_timeout)
+            report.set_aside = rebuild(store, template or DEFAULT_TEMPLATE, url)
+    with open_manifest(archive, manifest=url, create=True) as opened, store:
+        _finish_resolves(archive, opened, url, check=check, report=report, lock_timeout=lock_timeout)
+        with opened.exclusive():
+            _finish_claims(store, opened, check=check, report=report)
         if staging is not None:
-            _finish_linked(staging, store, manifest, template, check=check, report=report)
-        with lock:
+            _finish_linked(staging, store, opened, template, url, check=check, report=report)
+        with lock, opened.exclusive():
             if staging is not None:
-                _abandoned_parts(staging, store, manifest, part_age=part_age, check=check, report=report)
-            _temp_copies(store, check, report)
-            _reconcile(store, manifest, verify, check, report)
+                _abandoned_parts(staging, store, opened, part_age=part_age, check=check, report=report)
+            _temp_copies(store, opened, check, report)
+            _reconcile(store, opened, verify, check, report)
     return report
 
 
 def _finish_resolves(
-    archive: Path, manifest: BaseManifest, *, check: bool, report: RecoverReport, lock_timeout: float | None
+    archive: Path, manifest: BaseManifest, url: str, *, check: bool, report: RecoverReport, lock_timeout: float | None
 ) -> None:
     """Decisions a killed ``resolve`` recorded (it records each before touching a file) but
     did not finish: carried out now, as decided."""
@@ -139,7 +158,7 @@ def _finish_resolves(
         if row.resolution in KEEP_CHOICES:
             report.resolves_finished.append(f"#{row.id} {row.target} (--keep {row.resolution})")
             if not check:
-                resolve(archive, row.id, row.resolution, lock_timeout=lock_timeout)
+                resolve(archive, row.id, row.resolution, lock_timeout=lock_timeout, manifest=url)
 
 
 def _finish_linked(
@@ -147,6 +166,7 @@ def _finish_linked(
     archive: BaseArchive,
     manifest: BaseManifest,
     template: str | None,
+    url: str,
     *,
     check: bool,
     report: RecoverReport,
@@ -175,7 +195,8 @@ def _finish_linked(
     if check:
         return
     for (parsed, on_conflict), names in groups.items():
-        run(StagingDir(staging), archive, names, parsed, CommitReport(run=new_run_id()), on_conflict=on_conflict)
+        run(StagingDir(staging), archive, names, parsed, CommitReport(run=new_run_id()), manifest=url,
+            on_conflict=on_conflict)  # fmt: skip
 
 
 def _placement_of(
@@ -289,19 +310,32 @@ def _open_inodes() -> set[tuple[int, int]]:
     return found
 
 
-def _temp_copies(archive: BaseArchive, check: bool, report: RecoverReport) -> None:
-    """Copies made across filesystems live only inside a locked batch: any left are ours to remove."""
+def _temp_copies(archive: BaseArchive, manifest: BaseManifest, check: bool, report: RecoverReport) -> None:
+    """Copies made across filesystems live only inside a batch, which the archive lock keeps
+    out (or, with a shared manifest, whose lease is live): any others are ours to remove."""
+    live = manifest.live_leases()
     for rel in archive.files(TMP_DIR):
-        report.tmp_removed.append(rel.rpartition("/")[2])
+        name = rel.rpartition("/")[2]
+        if _fs.tmp_owner(name) in live:
+            continue
+        report.tmp_removed.append(name)
         if not check:
             archive.remove(rel)
 
 
 def _reconcile(archive: BaseArchive, manifest: BaseManifest, verify: bool, check: bool, report: RecoverReport) -> None:
-    """The filesystem is the truth: rows for unrecorded files; loud reports for missing bytes."""
+    """The filesystem is the truth: rows for unrecorded files; loud reports for missing bytes.
+
+    The archive is listed before the manifest is read, in one snapshot with the live claims:
+    a file another host placed after the listing is not seen, and one placed before it is
+    either recorded or claimed (a committer records a file and ends its claim at once)."""
     by_path: dict[str, Record] = {}
     hashes: dict[int, str] = {}
-    for record in manifest.records():
+    listed = archive.files()
+    with manifest.snapshot():
+        records = manifest.records()
+        in_flight = _claimed_names(manifest.live_claims())
+    for record in records:
         if record.status is not Status.DUPLICATE:
             by_path.setdefault(record.path, record)
         try:
@@ -317,8 +351,8 @@ def _reconcile(archive: BaseArchive, manifest: BaseManifest, verify: bool, check
             for record_id, sha256 in hashes.items():
                 manifest.update(record_id, sha256=sha256)
     added = []
-    for rel in archive.files():
-        if rel in by_path:
+    for rel in listed:
+        if rel in by_path or rel in in_flight:
             continue
         found = archive.hash(rel)
         if found is None:
@@ -330,7 +364,7 @@ def _reconcile(archive: BaseArchive, manifest: BaseManifest, verify: bool, check
             detail = "in the archive with no manifest row; recorded by recover"
             source = f"{FOUND_IN_ARCHIVE}{rel}"
             added.append(NewRecord(Status.COMMITTED, rel, rel, source, size, sha256, run="recover", time=now(),
-                                   detail=detail))  # fmt: skip
+                                   detail=detail, host=""))  # fmt: skip
     manifest.add(added)
 
 
@@ -358,3 +392,61 @@ def _check_bytes(archive: BaseArchive, record: Record, verify: bool, report: Rec
         report.mismatched.append(f"#{record.id} {record.path}: sha256 {sha256}, the manifest says {record.sha256}")
         return None
     return sha256
+
+
+def _claimed_names(claims: list[Claim]) -> set[str]:
+    """The names files being committed now may take: their targets, and derived names."""
+    names = set()
+    for claim in claims:
+        if claim.target is not None:
+            names.add(claim.target)
+            if claim.sha256 is not None:
+                names.add(derived_name(claim.target, claim.sha256))
+    return names
+
+
+def _finish_claims(archive: BaseArchive, manifest: BaseManifest, *, check: bool, report: RecoverReport) -> None:
+    """(Shared manifest) the files of committers whose lease expired: recorded where the
+    archive holds their bytes, under their own host, source and run; the others' claims end
+    (their files are still staged on their hosts, and a rerun there commits them)."""
+    stale = manifest.expired_claims()
+    if not stale:
+        return
+    busy = {claim.sha256 for claim in manifest.live_claims()}
+    taken: set[str] = set()  # names recorded by this settlement
+    records = []
+    for claim in stale:
+        record = None if claim.sha256 in busy else _claimed_outcome(archive, manifest, claim, taken)
+        what = f"{claim.host}:{claim.source}"
+        if record is None:
+            report.claims_ended.append(f"{what} (nothing of it placed; still staged on {claim.host or 'its host'})")
+        else:
+            records.append(record)
+            taken.add(record.path)
+            report.claims_finished.append(f"{what} -> {record.status} {record.path}")
+    if not check:
+        manifest.settle_claims(stale, records)
+
+
+def _claimed_outcome(archive: BaseArchive, manifest: BaseManifest, claim: Claim, taken: set[str]) -> NewRecord | None:
+    """The record of a dead committer's claimed file, from where its bytes are (None: nowhere)."""
+    if claim.sha256 is None:
+        return None  # nothing proves which bytes are its own
+    sha256 = claim.sha256
+    detail = "finished by recover after its committer's lease expired"
+    if claim.target is None:
+        places = [(Status.INVALID, "/".join((*INVALID_DIR, sha256)), "")]
+    else:
+        places = [(Status.COMMITTED, claim.target, ""),
+                  (Status.COMMITTED, derived_name(claim.target, sha256), " (under a derived name)"),
+                  (Status.CONFLICT, "/".join((*CONFLICTS_DIR, f"{sha256}.dcm")), "")]  # fmt: skip
+    for status, rel, how in places:
+        if archive.sha256(rel) != sha256:
+            continue
+        recorded = rel in taken or bool(manifest.records(Status.INVALID if status is Status.INVALID else
+                                                         (Status.COMMITTED, Status.CONFLICT), path=rel))  # fmt: skip
+        final = Status.DUPLICATE if recorded and status is not Status.INVALID else status
+        existing = archive.sha256(claim.target) if status is Status.CONFLICT and claim.target else None
+        return NewRecord(final, claim.target, rel, claim.source, claim.size, sha256, attrs=claim.attrs, run=claim.run,
+                         time=now(), detail=detail + how, existing_sha256=existing, host=claim.host)  # fmt: skip
+    return None

@@ -6,7 +6,8 @@
   partial, and nothing is deleted.
 - ``both``: the conflicting file is committed under ``<name>~<sha256 prefix>.<ext>``.
 
-Each decision is recorded on the manifest rows (who, when, what), under the archive lock.
+Each decision is recorded on the manifest rows (who, when, what), under the archive lock
+(with a shared manifest: under a lock in PostgreSQL that resolve and recover take).
 Every step can be repeated, so rerunning an interrupted resolve finishes it.
 """
 
@@ -17,6 +18,7 @@ import getpass
 import os
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from typing import Literal
 
@@ -26,7 +28,7 @@ from dicomcommit.archives import BaseArchive, open_archive
 from dicomcommit.committing.decide import Answer, File, Outcome, Place, Role, decide
 from dicomcommit.errors import DicomCommitError, ResolveError, UsageError
 from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
-from dicomcommit.manifests import BaseManifest, open_manifest
+from dicomcommit.manifests import BaseManifest, Location, is_shared, manifest_url, open_manifest
 from dicomcommit.manifests.records import Record, Status, now
 from dicomcommit.naming import derived_name
 
@@ -35,9 +37,15 @@ KEEP_CHOICES: tuple[Keep, ...] = ("existing", "staged", "both")
 
 
 def resolve(
-    archive_dir: str | os.PathLike[str], record_id: int, keep: Keep, *, lock_timeout: float | None = None
+    archive_dir: str | os.PathLike[str],
+    record_id: int,
+    keep: Keep,
+    *,
+    lock_timeout: float | None = None,
+    manifest: Location | None = None,
 ) -> Record:
-    """Resolve the conflict *record_id* by keeping *keep*; returns the updated row.
+    """Resolve the conflict *record_id* by keeping *keep*; returns the updated row (the
+    manifest at *manifest*, as for :func:`dicomcommit.commit`).
 
     Raises:
         UsageError: *keep* is not a choice, or the row is not an open conflict.
@@ -45,7 +53,7 @@ def resolve(
         LockTimeout, LockError: the archive lock was not taken.
         ResolveError: an operation on the archive failed; rerun to finish.
     """
-    return resolve_many(archive_dir, keep, ids=[record_id], lock_timeout=lock_timeout)[0]
+    return resolve_many(archive_dir, keep, ids=[record_id], lock_timeout=lock_timeout, manifest=manifest)[0]
 
 
 def resolve_many(
@@ -56,6 +64,7 @@ def resolve_many(
     run: str | None = None,
     target: str | None = None,
     lock_timeout: float | None = None,
+    manifest: Location | None = None,
 ) -> list[Record]:
     """Resolve several conflicts the same way: the rows *ids*, or every open conflict
     (filtered by commit *run* and by a *target* glob such as ``PAT01/*``).
@@ -65,29 +74,30 @@ def resolve_many(
     """
     if keep not in KEEP_CHOICES:
         raise UsageError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
+    url = manifest_url(archive_dir, manifest)
     archive = open_archive(archive_dir)
-    lock = archive.lock(lock_timeout)
+    lock: AbstractContextManager[None] = nullcontext() if is_shared(url) else archive.lock(lock_timeout)
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     done = []
-    with lock, open_manifest(archive_dir) as manifest:
+    with lock, open_manifest(archive_dir, manifest=url) as opened, opened.exclusive():
         if ids is not None:
-            rows = [manifest.get(record_id) for record_id in ids]
+            rows = [opened.get(record_id) for record_id in ids]
             for row in rows:
                 if row.status is not Status.CONFLICT and row.resolution is None:
                     raise UsageError(f"#{row.id} is {row.status}, not a conflict: nothing to resolve")
         else:
             # Open conflicts, and decisions an interrupted run recorded but did not finish
             # (their conflict copy is still there): rerunning the same command finishes them.
-            rows = [r for r in manifest.records(Status.CONFLICT, run=run)
+            rows = [r for r in opened.records(Status.CONFLICT, run=run)
                     if target is None or fnmatch.fnmatchcase(r.target or "", target)]  # fmt: skip
-            rows += [r for r in manifest.records((Status.RESOLVED, Status.COMMITTED), run=run, resolved=True)
+            rows += [r for r in opened.records((Status.RESOLVED, Status.COMMITTED), run=run, resolved=True)
                      if r.resolution == keep and r.sha256 is not None and archive.size(_conflict_copy(r)) is not None
                      and (target is None or fnmatch.fnmatchcase(r.target or "", target))]  # fmt: skip
-        rows = _intend(manifest, rows, keep, who)
+        rows = _intend(opened, rows, keep, who)
         with archive:
             for row in rows:
-                _guarded(archive, row, partial(_ACTIONS[keep], archive, row, manifest, who))
-                done.append(manifest.get(row.id))
+                _guarded(archive, row, partial(_ACTIONS[keep], archive, row, opened, who))
+                done.append(opened.get(row.id))
     return done
 
 

@@ -1,25 +1,66 @@
 """Manifests: the record of what happened to every staged file.
 
-:class:`~dicomcommit.manifests.base.BaseManifest` is the interface; SQLite, in the archive's
-state directory, is the one implementation today (:class:`Manifest`). :func:`open_manifest`
-is the one place that picks an implementation.
+:class:`~dicomcommit.manifests.base.BaseManifest` is the interface. Two implementations:
+SQLite (one host; by default ``ARCHIVE/.dicomcommit/manifest.sqlite``) and PostgreSQL
+(many hosts committing into one archive at once). :func:`open_manifest` is the one place
+that picks one, from a location: ``--manifest URL``, else ``DICOMCOMMIT_MANIFEST``, else
+the archive's default file.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+from dicomcommit.errors import UsageError
 from dicomcommit.manifests.base import BaseManifest
-from dicomcommit.manifests.sqlite import SQLiteManifest, set_aside
+from dicomcommit.manifests.sqlite import SQLiteManifest, default_path, set_aside
 
-#: The default manifest: SQLite, at ``ARCHIVE/.dicomcommit/manifest.sqlite``.
-Manifest = SQLiteManifest
+#: The environment variable that names the manifest when ``--manifest`` is not given.
+ENV_MANIFEST = "DICOMCOMMIT_MANIFEST"
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+Location = str | os.PathLike[str]
+
+
+def manifest_url(archive: Location, manifest: Location | None = None) -> str:
+    """The manifest an archive's commands use: *manifest* (a path, ``sqlite:///path`` or
+    ``postgresql://user@host:port/dbname``), else ``$DICOMCOMMIT_MANIFEST``, else the
+    archive's default SQLite file. An SQLite location comes back as a plain path.
+
+    Raises:
+        UsageError: a URL of another scheme, or an ``sqlite:`` URL that is not ``sqlite:///path``.
+    """
+    given = os.fspath(manifest) if manifest is not None else os.environ.get(ENV_MANIFEST) or None
+    if given is None or given == "":
+        return str(default_path(archive))
+    if given.startswith(_POSTGRES_SCHEMES):
+        return given
+    if given.startswith("sqlite:"):
+        path = given.removeprefix("sqlite://")
+        if not path.startswith("/") or path.startswith("//"):
+            raise UsageError(f"an SQLite manifest is sqlite:///absolute/path (or a plain path), not {given!r}")
+        return path
+    scheme, sep, _ = given.partition("://")
+    if sep and scheme.isalnum():
+        raise UsageError(f"unknown manifest URL {given!r}: a path, sqlite:///path or postgresql://user@host/dbname")
+    return given
+
+
+def is_shared(url: str) -> bool:
+    """Whether the manifest *url* (from :func:`manifest_url`) is one many hosts share (PostgreSQL)."""
+    return url.startswith(_POSTGRES_SCHEMES)
 
 
 def open_manifest(
-    archive: str | os.PathLike[str], *, create: bool = False, durable: bool = True, rehearse: bool = False
+    archive: Location,
+    *,
+    manifest: Location | None = None,
+    create: bool = False,
+    durable: bool = True,
+    rehearse: bool = False,
 ) -> BaseManifest:
-    """The manifest of *archive*.
+    """The manifest of *archive*, at *manifest* (see :func:`manifest_url`).
 
     Args:
         create: create it if missing (commit does; review, show and report do not).
@@ -28,12 +69,44 @@ def open_manifest(
             that the run writes as a real one would and changes nothing.
 
     Raises:
+        UsageError: *manifest* is not a manifest location.
         ManifestError: there is none and *create* is False (and not *rehearse*), or it
             cannot be opened.
     """
+    url = manifest_url(archive, manifest)
+    if is_shared(url):
+        # psycopg (the "postgresql" extra) is imported only for a PostgreSQL manifest.
+        from dicomcommit.manifests.postgres import PostgresManifest  # noqa: PLC0415
+
+        if rehearse:
+            return PostgresManifest.rehearsal_of(url)
+        return PostgresManifest(url, create=create, durable=durable)
     if rehearse:
-        return SQLiteManifest.rehearsal_of(archive)
-    return SQLiteManifest(archive, create=create, durable=durable)
+        return SQLiteManifest.rehearsal_of(url)
+    return SQLiteManifest(url, create=create, durable=durable)
 
 
-__all__ = ["BaseManifest", "Manifest", "open_manifest", "set_aside"]
+def Manifest(  # noqa: N802 -- the public name of 0.1, when it was the SQLite class
+    archive: Location, manifest: Location | None = None, *, create: bool = False, durable: bool = True
+) -> BaseManifest:
+    """The manifest of *archive* (at *manifest*, ``$DICOMCOMMIT_MANIFEST`` or the default
+    file), as :func:`open_manifest`."""
+    return open_manifest(archive, manifest=manifest, create=create, durable=durable)
+
+
+def in_state_dir(url: str, archive: Location) -> bool:
+    """Whether the manifest *url* is the archive's default file (in its state directory)."""
+    return not is_shared(url) and Path(url) == default_path(archive)
+
+
+__all__ = [
+    "ENV_MANIFEST",
+    "BaseManifest",
+    "Manifest",
+    "SQLiteManifest",
+    "in_state_dir",
+    "is_shared",
+    "manifest_url",
+    "open_manifest",
+    "set_aside",
+]

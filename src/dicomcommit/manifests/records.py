@@ -29,6 +29,12 @@ REVIEWED = frozenset({Status.CONFLICT, Status.INVALID})
 FOUND_IN_ARCHIVE = "archive:"
 
 
+def host_id() -> str:
+    """This host's name in the manifest: ``DICOMCOMMIT_HOST`` when set (containers and
+    cluster nodes often share a hostname), else the node name."""
+    return os.environ.get("DICOMCOMMIT_HOST") or os.uname().nodename
+
+
 def now() -> str:
     """The current time as the manifest stores it."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -54,22 +60,25 @@ class _Row:
     existing_sha256: str | None = None  # for a conflict: the hash of the file at its target
 
     def key(self) -> tuple[str, str]:
-        """The rerun key: its source, and its hash (or, not hashed, its path)."""
+        """The rerun key on its host: its source, and its hash (or, not hashed, its path)."""
         return self.source, self.sha256 or self.path
 
 
 @dataclass(frozen=True, kw_only=True)
 class NewRecord(_Row):
     """An outcome to record; ``claims`` names the row ``recover`` made for the same bytes
-    (found in the archive with no row) that this record takes over instead of adding one."""
+    (found in the archive with no row) that this record takes over instead of adding one.
+    ``host`` None: the host that records it (the manifest's :attr:`host`); ``""`` for rows
+    that belong to no host (what ``recover`` finds in the archive)."""
 
     claims: int | None = None
+    host: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly dict, as :meth:`Record.to_dict` (``id`` None: not stored)."""
         data = asdict(self)
         del data["claims"]
-        return {"id": None, **data}
+        return {"id": None, **data, "host": self.host or ""}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +86,7 @@ class Record(_Row):
     """One stored row of the manifest."""
 
     id: int
+    host: str = ""  # the host whose staging directory (or ingest tree) the file came from
     resolution: str | None = None  # how a person resolved it: existing, staged, both (or replaced)
     resolved_by: str | None = None  # user@host
     resolved_at: str | None = None
@@ -85,3 +95,32 @@ class Record(_Row):
         """A JSON-friendly dict, ``id`` first."""
         data = asdict(self)
         return {"id": data.pop("id"), **data}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A staged file a committer is working on (with a shared manifest): what ``recover``
+    needs to finish its work from any host once the committer's lease has expired."""
+
+    source: str
+    target: str | None  # the name it asks for first (None: an invalid file)
+    sha256: str | None  # its hash, when known before placing (the journal's)
+    size: int
+    attrs: Attrs
+    run: str
+    host: str = ""
+    lease: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One commit run, as the ``runs`` table holds it."""
+
+    id: str
+    started: str
+    finished: str | None
+    staging: str
+    template: str
+    host: str
+    pid: int
+    counts: str | None  # JSON

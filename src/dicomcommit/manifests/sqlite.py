@@ -1,8 +1,12 @@
 """The manifest: an SQLite record of what happened to every staged file.
 
-``ARCHIVE/.dicomcommit/manifest.sqlite``; any SQLite tool can read it. Paths in it are
-relative to the archive root. A row is keyed by its source and its hash (or, not hashed
-yet, its path), so a commit rerun after a crash never records the same staged file twice.
+``ARCHIVE/.dicomcommit/manifest.sqlite`` by default (or any path given as ``--manifest``);
+any SQLite tool can read it. Paths in it are relative to the archive root. A row is keyed
+by its host, its source and its hash (or, not hashed yet, its path), so a commit rerun
+after a crash never records the same staged file twice. One host writes it: SQLite's own
+documentation rules out network filesystems, and its WAL mode needs every process on one
+host; the archive lock serializes commit. Many hosts use PostgreSQL
+(:mod:`~dicomcommit.manifests.postgres`).
 
 ``sha256`` is NULL for a foreign file (one not staged by :class:`~dicomcommit.Stager`) that
 took its name without a collision: commit reads only its header. ``recover --verify``
@@ -11,10 +15,11 @@ hashes those files and fills the column in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring as _quote
 from pathlib import Path
@@ -25,7 +30,7 @@ from dicomcommit._faults import point
 from dicomcommit.errors import ManifestDamaged, ManifestError
 from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
 from dicomcommit.manifests.base import BaseManifest
-from dicomcommit.manifests.records import REVIEWED, NewRecord, Record, Status, now
+from dicomcommit.manifests.records import REVIEWED, NewRecord, Record, Run, Status, host_id, now
 from dicomcommit.naming import Attrs
 
 _REVIEWED = "status IN ('conflict', 'invalid')"  # the condition of the partial index files_review
@@ -47,11 +52,12 @@ CREATE TABLE IF NOT EXISTS files (
     detail TEXT NOT NULL DEFAULT '',
     resolution TEXT,          -- how a conflict was resolved: existing, staged, both (or replaced)
     resolved_by TEXT,         -- user@host
-    resolved_at TEXT          -- ISO 8601, UTC
+    resolved_at TEXT,         -- ISO 8601, UTC
+    host TEXT NOT NULL DEFAULT ''  -- the host the file came from ('': found in the archive)
 );
 -- The rerun key: a staged file's bytes, or (not hashed yet) where they went. Stagers name
 -- files by time, so rows arrive in key order: cheap appends.
-CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files (source, coalesce(sha256, path));
+CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files (source, coalesce(sha256, path), host);
 -- Lookups by path, on its last 24 characters only: rows arrive in no path order, and a
 -- small index costs a batch far fewer pages.
 CREATE INDEX IF NOT EXISTS files_path_tail ON files (substr(path, -24));
@@ -67,11 +73,18 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER NOT NULL,
     counts TEXT
 );
+-- moved_to: the URL a "manifest copy" moved the rows to (then this file is not used again)
+CREATE TABLE IF NOT EXISTS settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-# Version 1 (user_version 0) had sha256 NOT NULL and UNIQUE (source, sha256).
-SCHEMA_VERSION = 2
-_COLUMNS = "status, target, path, source, size, sha256, existing_sha256, attrs, run, time, detail"
+# Version 1 (user_version 0) had sha256 NOT NULL and UNIQUE (source, sha256); version 2 no host.
+SCHEMA_VERSION = 3
+_OLD_COLUMNS = "id, status, target, path, source, size, sha256, existing_sha256, attrs, run, time, detail, " \
+    "resolution, resolved_by, resolved_at"  # fmt: skip
+_COLUMNS = "status, target, path, source, size, sha256, existing_sha256, attrs, run, time, detail, host"
 _ALL_COLUMNS = f"id, {_COLUMNS}, {', '.join(_RESOLUTION_COLUMNS)}"
+# An older row's host: its run's; '' for rows of no host (found in the archive, rebuilt).
+_OLD_HOST = "coalesce((SELECT host FROM runs WHERE runs.id = run), " \
+    "CASE WHEN source LIKE 'archive:%' OR source LIKE 'rebuilt:%' THEN '' ELSE ? END)"  # fmt: skip
 
 
 def failure(path: Path, exc: Exception, what: str) -> ManifestError:
@@ -80,35 +93,49 @@ def failure(path: Path, exc: Exception, what: str) -> ManifestError:
     if isinstance(exc, sqlite3.DatabaseError) and any(
         sign in str(exc) for sign in ("malformed", "not a database", "corrupt")
     ):
-        archive = path.parent.parent
+        if path.parent.name == STATE_DIR and path.name == MANIFEST_NAME:
+            archive, option = str(path.parent.parent), ""
+        else:
+            archive, option = "ARCHIVE", f" --manifest {path}"
         return ManifestDamaged(
             f"the manifest {path} is damaged ({exc}); no command can use it, and rerunning will not help. "
             "No file was lost: staged files stay staged until their rows are in, and any a batch had "
             "already linked are finished by the rebuild. Rebuild it from the archive (the damaged file is "
-            f"kept aside): dicomcommit recover {archive} [STAGING] --rebuild-manifest"
+            f"kept aside): dicomcommit recover {archive} [STAGING] --rebuild-manifest{option}"
         )
     return ManifestError(f"{what} {path}: {exc}")
 
 
+def default_path(archive_dir: str | os.PathLike[str]) -> Path:
+    """Where an archive's manifest is by default: ``ARCHIVE/.dicomcommit/manifest.sqlite``."""
+    return Path(archive_dir) / STATE_DIR / MANIFEST_NAME
+
+
 class SQLiteManifest(BaseManifest):
-    """The SQLite manifest of the archive *archive_dir*.
+    """The SQLite manifest in the file *path*.
 
     Args:
-        archive_dir: the archive root.
-        create: create the manifest (and ``.dicomcommit/``) if missing.
+        path: the file (``ARCHIVE/.dicomcommit/manifest.sqlite`` by default, :func:`default_path`).
+        create: create the file (and its directory) if missing.
         durable: ``synchronous=FULL``: a committed transaction survives a power loss.
 
     Raises:
-        ManifestError: there is no manifest and *create* is False, or it cannot be opened.
+        ManifestError: there is no manifest and *create* is False, it cannot be opened, or
+            ``manifest copy`` moved its rows elsewhere.
     """
 
-    def __init__(self, archive_dir: str | os.PathLike[str], *, create: bool = False, durable: bool = True) -> None:
-        self.path = Path(archive_dir) / STATE_DIR / MANIFEST_NAME
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False, durable: bool = True) -> None:
+        self.path = Path(path)
         self.location = str(self.path)
+        self.host = host_id()
         if self.path.is_symlink() or self.path.parent.is_symlink():
             raise ManifestError(f"{self.path} (or its directory) is a symlink; refusing to follow it")
         if not create and not self.path.is_file():
-            raise ManifestError(f"no manifest at {self.path}: nothing has been committed to this archive")
+            if self.path.parent.name == STATE_DIR and self.path.name == MANIFEST_NAME:
+                msg = f"no manifest at {self.path}: nothing has been committed to this archive"
+            else:
+                msg = f"no manifest at {self.path}"
+            raise ManifestError(f"{msg} (a manifest elsewhere: --manifest URL or DICOMCOMMIT_MANIFEST)")
         try:
             if create:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +153,18 @@ class SQLiteManifest(BaseManifest):
             # 16 MiB of page cache: the rerun key of 100,000 rows stays in memory.
             self._db.execute("PRAGMA cache_size=-16384")
             self._upgrade(create)
+            self._refuse_if_moved()
         except (OSError, sqlite3.Error) as exc:
             raise failure(self.path, exc, "cannot open the manifest") from exc
+        except ManifestError:
+            self._db.close()
+            raise
+
+    def _refuse_if_moved(self) -> None:
+        moved = self._db.execute("SELECT value FROM settings WHERE name='moved_to'").fetchone()
+        if moved is not None:
+            raise ManifestError(f"the manifest {self.path} was moved to {moved[0]} (dicomcommit manifest copy); "
+                                f"use that one: --manifest {moved[0]} (or DICOMCOMMIT_MANIFEST)")  # fmt: skip
 
     def _upgrade(self, create: bool) -> None:
         """Create the schema, or bring an older one up to date, in one transaction."""
@@ -139,16 +176,17 @@ class SQLiteManifest(BaseManifest):
             has_files = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='files'").fetchone()
             if not create and not has_files:
                 raise ManifestError(f"{self.path} is not a dicomcommit manifest")
-            if has_files:  # version 1: rebuild the table without its old constraints
-                for old in ("files_status", "files_path"):
+            if has_files:  # an older version: rebuild the table with today's columns and constraints
+                for old in ("files_status", "files_path", "files_key", "files_path_tail", "files_review"):
                     self._db.execute(f"DROP INDEX IF EXISTS {old}")
-                self._db.execute("ALTER TABLE files RENAME TO files_v1")
+                self._db.execute("ALTER TABLE files RENAME TO files_old")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
             if has_files:
-                self._db.execute(f"INSERT INTO files ({_ALL_COLUMNS}) SELECT {_ALL_COLUMNS} FROM files_v1")
-                self._db.execute("DROP TABLE files_v1")
+                self._db.execute(f"INSERT INTO files ({_OLD_COLUMNS}, host) SELECT {_OLD_COLUMNS}, {_OLD_HOST} "
+                                 "FROM files_old", (self.host,))  # fmt: skip
+                self._db.execute("DROP TABLE files_old")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _version(self) -> int:
@@ -170,39 +208,45 @@ class SQLiteManifest(BaseManifest):
         """
         stamp = now()  # one time per batch: the time it was recorded
         records = list(records)
-        claims = [(_db(r.source), _attrs_json(r.attrs), r.run, _db(r.detail), r.sha256, r.claims)
+        claims = [(_db(r.source), _attrs_json(r.attrs), r.run, _db(r.detail), r.sha256, self._host(r), r.claims)
                   for r in records if r.claims is not None]  # fmt: skip
         records = [r for r in records if r.claims is None]
         rows = [
             (str(r.status), _db(r.target), _db(r.path), _db(r.source), r.size, r.sha256, r.existing_sha256,
-             _attrs_json(r.attrs), r.run, r.time or stamp, _db(r.detail))
+             _attrs_json(r.attrs), r.run, r.time or stamp, _db(r.detail), self._host(r))
             for r in records
         ]  # fmt: skip
-        hashed = [(r.sha256, _db(r.source), _db(r.path)) for r in records
+        hashed = [(r.sha256, _db(r.source), _db(r.path), self._host(r)) for r in records
                   if r.status is Status.DUPLICATE and r.sha256]  # fmt: skip
-        reviewed = [r.key() for r in records if r.status in REVIEWED]
+        reviewed = [(r.key(), self._host(r)) for r in records if r.status in REVIEWED]
         with self.transaction():
-            self._db.executemany("UPDATE files SET sha256=? WHERE source=? AND path=? AND sha256 IS NULL", hashed)
-            self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._refuse_if_moved()
+            self._db.executemany("UPDATE files SET sha256=? WHERE source=? AND path=? AND host=? AND sha256 IS NULL",
+                                 hashed)  # fmt: skip
+            self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             self._db.executemany(
-                "UPDATE files SET source=?, attrs=?, run=?, detail=?, sha256=coalesce(?, sha256) WHERE id=?", claims
+                "UPDATE files SET source=?, attrs=?, run=?, detail=?, sha256=coalesce(?, sha256), host=? WHERE id=?",
+                claims,
             )
             point("commit:in-manifest")
             # The few rows a person reviews are reported with their ids: read them back by key.
-            stored = {key: self._by_key(key) for key in reviewed}
+            stored = {key: self._by_key(key, host) for key, host in reviewed}
         return {key: record for key, record in stored.items() if record is not None}
+
+    def _host(self, record: NewRecord) -> str:
+        return self.host if record.host is None else record.host
 
     def find(self, source: str, sha256: str) -> Record | None:
         """The row of the file *source* with these bytes, if one is stored (its rerun key)."""
         try:
-            return self._by_key((source, sha256))
+            return self._by_key((source, sha256), self.host)
         except sqlite3.Error as exc:
             raise failure(self.path, exc, "cannot read the manifest") from exc
 
-    def _by_key(self, key: tuple[str, str]) -> Record | None:
+    def _by_key(self, key: tuple[str, str], host: str) -> Record | None:
         source, hashed = _db(key[0]), _db(key[1])
-        row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE source=? AND coalesce(sha256, path)=?",
-                               (source, hashed)).fetchone()  # fmt: skip
+        row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE source=? AND coalesce(sha256, path)=? "
+                               "AND host=?", (source, hashed, host)).fetchone()  # fmt: skip
         return None if row is None else _record(row)
 
     def update(self, record_id: int, **fields: str | None) -> None:
@@ -220,8 +264,42 @@ class SQLiteManifest(BaseManifest):
         with self.transaction():
             self._db.execute(
                 "INSERT INTO runs (id, started, staging, template, host, pid) VALUES (?,?,?,?,?,?)",
-                (run, now(), _db(staging), _db(template), os.uname().nodename, os.getpid()),
+                (run, now(), _db(staging), _db(template), self.host, os.getpid()),
             )
+
+    def runs(self) -> list[Run]:
+        """Every commit run, in the order they started."""
+        try:
+            cursor = self._db.execute(
+                "SELECT id, started, finished, staging, template, host, pid, counts FROM runs ORDER BY started, id"
+            )
+            return [Run(i, st, f, _py(sg), _py(t), h, p, c) for i, st, f, sg, t, h, p, c in cursor]
+        except sqlite3.Error as exc:
+            raise failure(self.path, exc, "cannot read the manifest") from exc
+
+    def load(self, records: Sequence[Record], runs: Sequence[Run]) -> None:
+        """Store copied rows and runs as they are (see :class:`BaseManifest`)."""
+        with self.transaction():
+            if self._db.execute("SELECT (SELECT count(*) FROM files) + (SELECT count(*) FROM runs)").fetchone()[0]:
+                raise ManifestError(f"{self.path} is not empty: a copy goes into a new manifest")
+            self._db.executemany(
+                "INSERT INTO runs (id, started, finished, staging, template, host, pid, counts) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(r.id, r.started, r.finished, _db(r.staging), _db(r.template), r.host, r.pid, r.counts) for r in runs],
+            )
+            self._db.executemany(
+                f"INSERT INTO files ({_ALL_COLUMNS}) VALUES ({','.join('?' * 16)})",
+                [(r.id, str(r.status), _db(r.target), _db(r.path), _db(r.source), r.size, r.sha256, r.existing_sha256,
+                  json.dumps(r.attrs, ensure_ascii=False), r.run, r.time, _db(r.detail), r.host, r.resolution,
+                  r.resolved_by, r.resolved_at) for r in records],
+            )  # fmt: skip
+
+    @contextlib.contextmanager
+    def moving(self, to: str) -> Iterator[None]:
+        """Hold writers off, then mark this file moved to *to* (see :class:`BaseManifest`)."""
+        with self.transaction():  # BEGIN IMMEDIATE: other writers wait
+            yield
+            self._db.execute("INSERT OR REPLACE INTO settings (name, value) VALUES ('moved_to', ?)", (to,))
 
     def run_templates(self) -> list[str]:
         """The templates commit runs used, those of unfinished (killed) runs first, newest first."""
@@ -306,12 +384,12 @@ class SQLiteManifest(BaseManifest):
         return SQLiteManifest._on(copy, self.path)
 
     @classmethod
-    def rehearsal_of(cls, archive_dir: str | os.PathLike[str]) -> SQLiteManifest:
-        """A copy in memory of the manifest of *archive_dir* (empty when it has none), for a
-        dry run. The file is only read, as any reader does (no pragma, no upgrade: an older
-        schema is upgraded in the copy); SQLite may create its -wal and -shm files for the
-        read and removes them again."""
-        path = Path(archive_dir) / STATE_DIR / MANIFEST_NAME
+    def rehearsal_of(cls, path: str | os.PathLike[str]) -> SQLiteManifest:
+        """A copy in memory of the manifest in the file *path* (empty when there is none),
+        for a dry run. The file is only read, as any reader does (no pragma, no upgrade: an
+        older schema is upgraded in the copy); SQLite may create its -wal and -shm files for
+        the read and removes them again."""
+        path = Path(path)
         copy = sqlite3.connect(":memory:", isolation_level=None)
         if path.is_file() and not path.is_symlink():
             try:
@@ -328,9 +406,17 @@ class SQLiteManifest(BaseManifest):
         return manifest
 
     @classmethod
+    def in_memory(cls, location: str) -> SQLiteManifest:
+        """An empty manifest in memory (a dry run's copy of another kind of manifest)."""
+        manifest = cls._on(sqlite3.connect(":memory:", isolation_level=None), Path(location))
+        manifest._upgrade(create=True)
+        return manifest
+
+    @classmethod
     def _on(cls, db: sqlite3.Connection, path: Path) -> SQLiteManifest:
         manifest = cls.__new__(cls)
         manifest.path, manifest.location, manifest._db = path, f"{path} (in memory)", db
+        manifest.host = host_id()
         return manifest
 
 
@@ -387,7 +473,7 @@ def _attrs_json(attrs: Attrs) -> str:
 
 
 def _record(row: tuple[Any, ...]) -> Record:
-    (record_id, status, target, path, source, size, sha256, existing, attrs, run, time, detail, *resolved) = row
+    (record_id, status, target, path, source, size, sha256, existing, attrs, run, time, detail, host, *resolved) = row
     return Record(
         status=Status(status),
         target=_py(target),
@@ -401,22 +487,23 @@ def _record(row: tuple[Any, ...]) -> Record:
         detail=_py(detail),
         existing_sha256=existing,
         id=record_id,
+        host=host,
         resolution=resolved[0],
         resolved_by=resolved[1],
         resolved_at=resolved[2],
     )
 
 
-def set_aside(archive_dir: str | os.PathLike[str]) -> str | None:
-    """Rename the manifest of *archive_dir* (and its WAL files) to
-    ``manifest.sqlite.damaged-<time>``; returns where it went (None when there was none)."""
-    state = Path(archive_dir) / STATE_DIR
+def set_aside(path: str | os.PathLike[str]) -> str | None:
+    """Rename the manifest file *path* (and its WAL files) to ``<name>.damaged-<time>``;
+    returns where it went (None when there was none)."""
+    path = Path(path)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     kept = None
     for suffix in ("", "-wal", "-shm"):
-        path = state / f"{MANIFEST_NAME}{suffix}"
-        if os.path.lexists(path):
-            aside = state / f"{MANIFEST_NAME}.damaged-{stamp}{suffix}"
-            os.rename(path, aside)  # a fresh name: nothing to clobber
+        old = path.with_name(f"{path.name}{suffix}")
+        if os.path.lexists(old):
+            aside = path.with_name(f"{path.name}.damaged-{stamp}{suffix}")
+            os.rename(old, aside)  # a fresh name: nothing to clobber
             kept = kept or str(aside)
     return kept

@@ -28,8 +28,14 @@ THUMBNAIL = 192  # pixels, the longer side
 _REASON_WIDTH = 200  # characters of a decoder's message: about what the placeholder box holds
 
 
-def write_report(archive_dir: str | os.PathLike[str], output: str | os.PathLike[str]) -> int:
-    """Write the HTML report of every open conflict of *archive_dir* to *output*.
+def write_report(
+    archive_dir: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+) -> int:
+    """Write the HTML report of every open conflict of *archive_dir* (recorded in the
+    manifest at *manifest*, as for :func:`dicomcommit.commit`) to *output*.
 
     Returns the number of conflicts listed.
 
@@ -37,8 +43,8 @@ def write_report(archive_dir: str | os.PathLike[str], output: str | os.PathLike[
         ManifestError: the archive has no manifest.
         FileOpError: *output* cannot be written (nothing partial is left there).
     """
-    with open_manifest(archive_dir) as manifest:
-        conflicts = manifest.records(Status.CONFLICT)
+    with open_manifest(archive_dir, manifest=manifest) as opened:
+        conflicts = opened.records(Status.CONFLICT)
     with open_archive(archive_dir) as archive:
         sections = [_section(archive, row) for row in conflicts]
     page = _PAGE.format(

@@ -72,14 +72,15 @@ class Shown:
         }
 
 
-def show(archive_dir: str | Path, record_id: int) -> Shown:
-    """The row *record_id*; for an open conflict, both files and their differences.
+def show(archive_dir: str | Path, record_id: int, *, manifest: str | os.PathLike[str] | None = None) -> Shown:
+    """The row *record_id* (of the manifest at *manifest*, as for :func:`dicomcommit.commit`);
+    for an open conflict, both files and their differences.
 
     Raises:
         ManifestError: no manifest, or no such row.
     """
-    with open_manifest(archive_dir) as manifest:
-        record = manifest.get(record_id)
+    with open_manifest(archive_dir, manifest=manifest) as opened:
+        record = opened.get(record_id)
     shown = Shown(record)
     if record.status is Status.CONFLICT and record.target is not None:
         with open_archive(archive_dir) as archive:
