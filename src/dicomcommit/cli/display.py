@@ -142,7 +142,7 @@ def print_recovery(report: RecoverReport, out: TextIO) -> None:
 
 
 CSV_COLUMNS = ("id", "status", "target", "path", "source", "size", "sha256", "existing_sha256", "run", "time",
-               "detail", "resolution", "resolved_by", "resolved_at")  # fmt: skip
+               "detail", "resolution", "resolved_by", "resolved_at", "host")  # fmt: skip
 
 
 def print_csv(records: list[Record], out: TextIO) -> None:
