@@ -7,7 +7,10 @@ import errno
 import json
 import multiprocessing
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -360,3 +363,27 @@ def test_resolve_on_postgresql_keeps_the_staged_file(
     row = resolve_conflict(archive, conflict.id, "staged", manifest=pg_url)
     assert (row.status, row.path) == (Status.COMMITTED, conflict.target)
     assert archive_files(archive)[row.path] == row.sha256
+
+
+def test_a_rerun_right_after_a_killed_commit_takes_its_files_at_once(
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset]
+) -> None:
+    """The killed committer's lease would hold its claims for a minute; on the same machine
+    its process is known to be gone, so its lease expires at once and the rerun resumes."""
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    stager = Stager(staging)
+    for i in range(30):
+        stager.stage(make_ds(i))
+    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": "commit:after-link:10"}
+    argv = [sys.executable, "-m", "dicomcommit", "commit", str(staging), str(archive), "--manifest", pg_url]
+    killed = subprocess.run(argv, env=env, capture_output=True, check=False, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    with open_manifest(archive, manifest=pg_url) as opened:
+        assert len(opened.live_claims()) == 30  # its lease is still live for the server
+    report = commit(staging, archive, manifest=pg_url)
+    assert (report.committed, report.claimed_elsewhere) == (30, 0)
+    assert staged_files(staging) == []
+    rows = _rows(archive, pg_url)
+    assert len(rows) == 30
+    assert len({r["path"] for r in rows}) == 30

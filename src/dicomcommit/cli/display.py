@@ -82,6 +82,9 @@ def print_summary(report: CommitReport, archive: Path, out: TextIO) -> None:
         _say(f"  left in place: {name} ({reason})", out)
     if len(report.left_in_place) > 20:
         _say(f"  ... and {len(report.left_in_place) - 20} more left in place (--json lists all)", out)
+    if report.claimed_elsewhere:
+        _say(f"  {report.claimed_elsewhere} files were claimed by other committers, which commit them (if one died, "
+             "a rerun does once its lease has expired)", out)  # fmt: skip
     if report.needs_review:
         _say(f"{report.conflicts} conflicts and {report.invalid} invalid files {verb} recorded; "
              f"see: dicomcommit review {archive} --status conflict|invalid", out)  # fmt: skip

@@ -284,9 +284,10 @@ class _Committer:
         for staged, claim in zip(batch, claims, strict=True):
             if claim.source in granted:
                 mine.append(staged)
-            else:
+            else:  # as a file another committer took under the lock would be: not this run's
                 staged.close()
-                self.report.left_in_place.append((staged.name, "claimed by another committer, which commits it"))
+                self.report.claimed_elsewhere += 1
+                log.info("%s: claimed by another committer, which commits it", self.source.root / staged.name)
         return mine
 
     def _guarded(self, name: str, step: Callable[[], _T]) -> _T:

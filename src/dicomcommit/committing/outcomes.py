@@ -27,6 +27,9 @@ class CommitReport:
     #: Files left where they were, with why: unfinished .part files, symlinks, special files,
     #: and (ingest) files that are not DICOM.
     left_in_place: list[tuple[str, str]] = field(default_factory=list)
+    #: (A shared manifest) files another committer had claimed: it commits them (or, if it
+    #: died, a rerun once its lease has expired, or ``recover``, does).
+    claimed_elsewhere: int = 0
 
     @property
     def skipped(self) -> int:
@@ -54,4 +57,4 @@ class CommitReport:
         key = "planned" if self.dry_run else "needs_review"
         left = [{"file": name, "reason": reason} for name, reason in self.left_in_place]
         return {"run": self.run, "dry_run": self.dry_run, **self.counts(), key: [r.to_dict() for r in self.records],
-                "left_in_place": left}  # fmt: skip
+                "left_in_place": left, "claimed_elsewhere": self.claimed_elsewhere}  # fmt: skip

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS leases (
     id text PRIMARY KEY,
     host text NOT NULL,
     pid integer NOT NULL,
+    machine text NOT NULL DEFAULT '',  -- boot id and PID namespace: where pid means this process
     started timestamptz NOT NULL DEFAULT now(),
     expires timestamptz NOT NULL
 );
@@ -393,10 +394,12 @@ class PostgresManifest(BaseManifest):
     @contextlib.contextmanager
     def leased(self) -> Iterator[None]:
         lease = f"{self.host}:{os.getpid()}:{os.urandom(4).hex()}"
+        machine = _machine()
         with self.transaction():
-            self._conn.execute("INSERT INTO leases (id, host, pid, expires) "
-                               "VALUES (%s, %s, %s, now() + make_interval(secs => %s))",
-                               (lease, self.host, os.getpid(), self._ttl))  # fmt: skip
+            self._expire_dead_here(machine)
+            self._conn.execute("INSERT INTO leases (id, host, pid, machine, expires) "
+                               "VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
+                               (lease, self.host, os.getpid(), machine, self._ttl))  # fmt: skip
         self._lease = lease
         self._lost.clear()
         stop = threading.Event()
@@ -412,6 +415,19 @@ class PostgresManifest(BaseManifest):
             with contextlib.suppress(ManifestError), self.transaction():
                 self._conn.execute("DELETE FROM claims WHERE lease = %s", (lease,))
                 self._conn.execute("DELETE FROM leases WHERE id = %s", (lease,))
+
+    def _expire_dead_here(self, machine: str) -> None:
+        """Expire at once the leases of processes of this very machine (same boot, same PID
+        namespace) that are gone: a rerun right after a crash need not wait for them. Only
+        a shortcut: correctness never rests on it (a live process taken for dead would only
+        work on the same files again, and every name and row is arbitrated anyway)."""
+        if not machine:
+            return
+        rows = self._conn.execute("SELECT id, pid FROM leases WHERE machine = %s AND expires > now()",
+                                  (machine,)).fetchall()  # fmt: skip
+        dead = [lease for lease, pid in rows if not _alive(pid)]
+        if dead:
+            self._conn.execute("UPDATE leases SET expires = now() WHERE id = ANY(%s)", (dead,))
 
     def _heartbeat(self, lease: str, stop: threading.Event) -> None:
         """Renew *lease* every quarter of its time, on a connection of its own, until *stop*."""
@@ -536,6 +552,26 @@ class PostgresManifest(BaseManifest):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _machine() -> str:
+    """This boot of this machine and this PID namespace ("" where Linux's /proc does not say)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return f"{boot.read().strip()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process *pid* exists here (a reused pid counts as alive: then the lease expires)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _reason(exc: psycopg.Error) -> str:
