@@ -20,7 +20,18 @@ import pytest
 from filelock import FileLock
 from pydicom.dataset import Dataset
 
-from dicomcommit import LockTimeout, ManifestError, Stager, Status, UsageError, commit, ingest, open_manifest, recover
+from dicomcommit import (
+    LockTimeout,
+    Manifest,
+    ManifestError,
+    Stager,
+    Status,
+    UsageError,
+    commit,
+    ingest,
+    open_manifest,
+    recover,
+)
 from dicomcommit import resolve as resolve_conflict
 from dicomcommit.cli.main import main
 from dicomcommit.manifests import ENV_MANIFEST, manifest_url
@@ -387,3 +398,14 @@ def test_a_rerun_right_after_a_killed_commit_takes_its_files_at_once(
     rows = _rows(archive, pg_url)
     assert len(rows) == 30
     assert len({r["path"] for r in rows}) == 30
+
+
+def test_manifest_opens_a_url_given_alone(tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset]) -> None:
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    Stager(staging).stage(make_ds(0))
+    commit(staging, archive, manifest=pg_url)
+    with Manifest(pg_url) as opened:
+        assert [r.status for r in opened.records()] == [Status.COMMITTED]
+    with Manifest(archive, pg_url) as opened:
+        assert len(opened.records()) == 1

@@ -90,7 +90,10 @@ def Manifest(  # noqa: N802 -- the public name of 0.1, when it was the SQLite cl
     archive: Location, manifest: Location | None = None, *, create: bool = False, durable: bool = True
 ) -> BaseManifest:
     """The manifest of *archive* (at *manifest*, ``$DICOMCOMMIT_MANIFEST`` or the default
-    file), as :func:`open_manifest`."""
+    file), as :func:`open_manifest`; or the manifest *archive* itself when it is a URL
+    (``Manifest("postgresql://...")``)."""
+    if manifest is None and os.fspath(archive).startswith((*_POSTGRES_SCHEMES, "sqlite:")):
+        archive, manifest = ".", archive
     return open_manifest(archive, manifest=manifest, create=create, durable=durable)
 
 
