@@ -21,7 +21,9 @@ named step of the protocol (rotating through every step, at a random occurrence)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from _torture_io import ROOT, child_env, file_sha, parses
 from dicomcommit import Manifest, Stager, commit
 from dicomcommit._faults import BATCH_POINTS, POINTS
 from dicomcommit.committing.recover import recover
+from dicomcommit.manifests import ENV_MANIFEST
 from dicomcommit.synthetic import plan_jobs, synthetic_dataset
 
 _SCRIPT = Path(__file__).resolve()
@@ -157,6 +160,8 @@ def _check(  # noqa: PLR0917 -- one trial's state, checked in one place
             totals.replaced += 1
             totals.failures.append(f"{label}: {rel} was replaced or removed")
 
+    if os.environ.get(ENV_MANIFEST) and (archive / ".dicomcommit" / "manifest.sqlite").exists():
+        totals.failures.append(f"{label}: an SQLite manifest was written, not the PostgreSQL one")
     left = [p.name for p in staging.iterdir() if not p.name.startswith(".")]
     totals.left_in_staging += len(left)
     allowed = {staging, archive, ledger}
@@ -173,12 +178,23 @@ def _sha_of(path: Path) -> str | None:
         return None
 
 
-def run(trials: int, seed: int, files: int, directory: str | None) -> Totals:
+def run(trials: int, seed: int, files: int, directory: str | None, *, postgresql: bool = False) -> Totals:
     totals = Totals()
-    for number in range(trials):
-        with tempfile.TemporaryDirectory(prefix="dicomcommit-torture-", dir=directory) as tmp:
-            trial(number, seed, files, Path(tmp), totals)
-        totals.trials += 1
+    with contextlib.ExitStack() as stack:
+        server = None
+        if postgresql:  # a throwaway server; each trial gets a fresh database, named by the environment
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+            from tests.pg_server import PostgresServer  # noqa: PLC0415 -- only with --postgresql
+
+            # In the system's temp dir: the server's socket path must stay under 108 bytes.
+            base = stack.enter_context(tempfile.TemporaryDirectory(prefix="dcpg-"))
+            server = stack.enter_context(PostgresServer(Path(base)))
+        for number in range(trials):
+            if server is not None:
+                os.environ[ENV_MANIFEST] = server.create_database()  # the children inherit it
+            with tempfile.TemporaryDirectory(prefix="dicomcommit-torture-", dir=directory) as tmp:
+                trial(number, seed, files, Path(tmp), totals)
+            totals.trials += 1
     return totals
 
 
@@ -213,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=24, help="stage operations per trial [24]")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dir", default=None, help="where trials run [the system temp dir]")
+    parser.add_argument("--postgresql", action="store_true", help="with a PostgreSQL manifest (a server of its own; "
+                        "no archive lock)")  # fmt: skip
     parser.add_argument("--random", action="store_true", help="kill the real CLI at random moments instead "
                         "(scripts/torture_random.py --help)")  # fmt: skip
     args = parser.parse_args(argv)
-    totals = run(args.trials, args.seed, args.files, args.dir)
+    totals = run(args.trials, args.seed, args.files, args.dir, postgresql=args.postgresql)
     if args.json:
         print(json.dumps({**asdict(totals), "killed": dict(totals.killed)}, indent=2))
     else:

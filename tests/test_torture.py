@@ -16,9 +16,11 @@ SCRIPT = Path(__file__).parent.parent / "scripts" / "torture.py"
 
 
 @pytest.mark.slow
-def test_twenty_crash_trials_lose_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("manifest", [[], ["--postgresql"]], ids=["sqlite", "postgresql"])
+def test_twenty_crash_trials_lose_nothing(tmp_path: Path, manifest: list[str]) -> None:
+    """With PostgreSQL (a server of the script's own, no archive lock), as with SQLite."""
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--trials", "20", "--seed", "1", "--json", "--dir", str(tmp_path)],
+        [sys.executable, str(SCRIPT), "--trials", "20", "--seed", "1", "--json", "--dir", str(tmp_path), *manifest],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     totals = json.loads(result.stdout)
