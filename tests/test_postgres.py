@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -409,3 +410,64 @@ def test_manifest_opens_a_url_given_alone(tmp_path: Path, pg_url: str, make_ds: 
         assert [r.status for r in opened.records()] == [Status.COMMITTED]
     with Manifest(archive, pg_url) as opened:
         assert len(opened.records()) == 1
+
+
+def _killed_commit(staging: Path, archive: Path, url: str, crash: str, *, host: str, lease: float) -> None:
+    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": crash, "DICOMCOMMIT_HOST": host,
+           "DICOMCOMMIT_LEASE_SECONDS": str(lease)}  # fmt: skip
+    argv = [sys.executable, "-m", "dicomcommit", "commit", str(staging), str(archive), "--manifest", url]
+    killed = subprocess.run(argv, env=env, capture_output=True, check=False, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+
+
+def test_recover_from_another_host_finishes_a_dead_committers_claims_once_its_lease_expired(
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    stager = Stager(staging)
+    for i in range(6):
+        stager.stage(make_ds(i))
+    stager.stage(make_ds(0, variant=1))  # a conflict: kept in conflicts/ by the dead committer
+    # Killed after linking its one batch, before recording it; the lease lasts 3 s.
+    _killed_commit(staging, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=3.0)
+    assert len(archive_files(archive)) == 6
+    monkeypatch.setenv("DICOMCOMMIT_HOST", "node-b")
+    early = recover(archive, manifest=pg_url)  # the lease is still live: its work is left alone
+    assert (early.claims_finished, early.claims_ended, early.rows_added) == ([], [], [])
+    with open_manifest(archive, manifest=pg_url) as opened:
+        assert opened.records() == []
+    time.sleep(3.5)
+    report = recover(archive, manifest=pg_url)
+    assert len(report.claims_finished) == 7
+    assert report.rows_added == []
+    rows = _rows(archive, pg_url)
+    assert {r["host"] for r in rows} == {"node-a"}
+    assert sorted(r["status"] for r in rows) == ["committed"] * 6 + ["conflict"]
+    # The dead host comes back and reruns: its staged files are recorded already, and go.
+    monkeypatch.setenv("DICOMCOMMIT_HOST", "node-a")
+    rerun = commit(staging, archive, manifest=pg_url)
+    assert staged_files(staging) == []
+    assert rerun.conflicts + rerun.committed + rerun.duplicates == 7
+    assert _rows(archive, pg_url) == rows  # nothing recorded twice
+    assert recover(archive, staging, manifest=pg_url, check=True, verify=True).needs_attention is False
+
+
+def test_recover_ends_the_claims_of_files_a_dead_committer_never_placed(
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    stager = Stager(staging)
+    for i in range(5):
+        stager.stage(make_ds(i))
+    _killed_commit(staging, archive, pg_url, "commit:after-link:2", host="node-a", lease=1.0)
+    time.sleep(1.5)
+    monkeypatch.setenv("DICOMCOMMIT_HOST", "node-b")
+    report = recover(archive, manifest=pg_url)
+    assert (len(report.claims_finished), len(report.claims_ended)) == (2, 3)
+    monkeypatch.setenv("DICOMCOMMIT_HOST", "node-a")
+    assert commit(staging, archive, manifest=pg_url).committed == 5
+    rows = _rows(archive, pg_url)
+    assert len(rows) == 5
+    assert len({r["path"] for r in rows}) == 5

@@ -512,10 +512,17 @@ class PostgresManifest(BaseManifest):
             # Deleting an expired lease waits for a batch that holds it (FOR KEY SHARE) to end.
             self._conn.execute("DELETE FROM leases WHERE id = ANY(%s) AND expires <= now()", (leases,))
             live = {lease for (lease,) in self._conn.execute("SELECT id FROM leases WHERE id = ANY(%s)", (leases,))}
-            settled = [c for c in claims if c.lease not in live]
-            keys = {(c.host, c.source) for c in settled}
-            self._conn.cursor().executemany("DELETE FROM claims WHERE host = %s AND source = %s AND lease = %s",
-                                            [(c.host, _b(c.source), c.lease) for c in settled])  # fmt: skip
+            dead = [c for c in claims if c.lease not in live]
+            # Only the claims still there under their dead lease: one its host's rerun took
+            # over in the meantime is that committer's to record.
+            ended = self._conn.execute(
+                "DELETE FROM claims USING unnest(%s::text[], %s::bytea[], %s::text[]) AS d(h, s, l) "
+                "WHERE claims.host = d.h AND claims.source = d.s AND claims.lease = d.l "
+                "RETURNING claims.host, claims.source",
+                ([c.host for c in dead], [_b(c.source) for c in dead], [c.lease for c in dead]),
+            ).fetchall()
+            keys = {(host, os.fsdecode(source)) for host, source in ended}
+            settled = [c for c in dead if (c.host, c.source) in keys]
             owned = [r for r in records if (r.host, r.source) in keys]
             self._conn.cursor().executemany(
                 f"INSERT INTO files ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
