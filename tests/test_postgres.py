@@ -471,3 +471,11 @@ def test_recover_ends_the_claims_of_files_a_dead_committer_never_placed(
     rows = _rows(archive, pg_url)
     assert len(rows) == 5
     assert len({r["path"] for r in rows}) == 5
+
+
+def test_the_demo_runs_on_postgresql(tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["demo", "--workers", "2", "--files", "20", "--staging", str(tmp_path / "s"), "--archive",
+            str(tmp_path / "a"), "--manifest", pg_url]  # fmt: skip
+    assert main(argv) == 0
+    assert "every staged dataset is accounted for" in capsys.readouterr().out
+    assert len(_rows(tmp_path / "a", pg_url)) == 40
