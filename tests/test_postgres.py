@@ -479,3 +479,27 @@ def test_the_demo_runs_on_postgresql(tmp_path: Path, pg_url: str, capsys: pytest
     assert main(argv) == 0
     assert "every staged dataset is accounted for" in capsys.readouterr().out
     assert len(_rows(tmp_path / "a", pg_url)) == 40
+
+
+def test_recover_does_not_report_claims_of_files_recorded_already_as_finished(
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset]
+) -> None:
+    """A killed after recording a batch and before removing it; B took those files over and
+    was killed before recording them: their rows are A's, and B's claims just end."""
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    stager = Stager(staging)
+    for i in range(10):
+        stager.stage(make_ds(i))
+    for crash in ("commit:after-manifest:1", "commit:before-manifest:1"):
+        env = {**os.environ, "DICOMCOMMIT_CRASH_AT": crash, "DICOMCOMMIT_LEASE_SECONDS": "1"}
+        argv = [sys.executable, "-m", "dicomcommit", "commit", str(staging), str(archive), "--manifest", pg_url,
+                "--batch-size", "5"]  # fmt: skip
+        assert subprocess.run(argv, env=env, capture_output=True, check=False, timeout=120).returncode == -9
+    time.sleep(1.5)
+    report = recover(archive, manifest=pg_url)
+    assert (report.claims_finished, report.claims_ended) == ([], [])
+    rows = _rows(archive, pg_url)
+    assert [r["status"] for r in rows] == ["committed"] * 5
+    with open_manifest(archive, manifest=pg_url) as opened:
+        assert opened.expired_claims() == []

@@ -414,18 +414,22 @@ def _finish_claims(archive: BaseArchive, manifest: BaseManifest, *, check: bool,
         return
     busy = {claim.sha256 for claim in manifest.live_claims()}
     taken: set[str] = set()  # names recorded by this settlement
-    records = []
+    records: dict[tuple[str, str], NewRecord] = {}
     for claim in stale:
+        if claim.sha256 is not None and manifest.find(claim.source, claim.sha256, host=claim.host) is not None:
+            continue  # recorded already (by another committer of its host that took the claim over): it just ends
         record = None if claim.sha256 in busy else _claimed_outcome(archive, manifest, claim, taken)
-        what = f"{claim.host}:{claim.source}"
-        if record is None:
-            report.claims_ended.append(f"{what} (nothing of it placed; still staged on {claim.host or 'its host'})")
-        else:
-            records.append(record)
+        if record is not None:
+            records[claim.host, claim.source] = record
             taken.add(record.path)
+    settled = stale if check else manifest.settle_claims(stale, list(records.values()))
+    for claim in settled:  # a lease renewed meanwhile keeps its claims: not reported
+        what = f"{claim.host}:{claim.source}"
+        record = records.get((claim.host, claim.source))
+        if record is not None:
             report.claims_finished.append(f"{what} -> {record.status} {record.path}")
-    if not check:
-        manifest.settle_claims(stale, records)
+        elif claim.sha256 is None or manifest.find(claim.source, claim.sha256, host=claim.host) is None:
+            report.claims_ended.append(f"{what} (nothing of it placed; still staged on {claim.host or 'its host'})")
 
 
 def _claimed_outcome(archive: BaseArchive, manifest: BaseManifest, claim: Claim, taken: set[str]) -> NewRecord | None:

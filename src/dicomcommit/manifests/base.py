@@ -58,8 +58,9 @@ class BaseManifest(ABC):
         *resolved*, only rows a person decided on."""
 
     @abstractmethod
-    def find(self, source: str, sha256: str) -> Record | None:
-        """The row of the file *source* with these bytes, if one is stored (its rerun key)."""
+    def find(self, source: str, sha256: str, *, host: str | None = None) -> Record | None:
+        """The row of the file *source* (of *host*, default this one) with these bytes, if
+        one is stored (its rerun key)."""
 
     @abstractmethod
     def get(self, record_id: int) -> Record:

@@ -286,8 +286,8 @@ class PostgresManifest(BaseManifest):
                 "and its files are still staged: rerun the commit"
             )
 
-    def find(self, source: str, sha256: str) -> Record | None:
-        return self._by_key((source, sha256), self.host)
+    def find(self, source: str, sha256: str, *, host: str | None = None) -> Record | None:
+        return self._by_key((source, sha256), self.host if host is None else host)
 
     def _by_key(self, key: tuple[str, str], host: str) -> Record | None:
         hashed = key[1] if _is_sha256(key[1]) else "p:" + os.fsencode(key[1]).hex()

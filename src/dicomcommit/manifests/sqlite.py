@@ -236,10 +236,11 @@ class SQLiteManifest(BaseManifest):
     def _host(self, record: NewRecord) -> str:
         return self.host if record.host is None else record.host
 
-    def find(self, source: str, sha256: str) -> Record | None:
-        """The row of the file *source* with these bytes, if one is stored (its rerun key)."""
+    def find(self, source: str, sha256: str, *, host: str | None = None) -> Record | None:
+        """The row of the file *source* (of *host*, default this one) with these bytes, if
+        one is stored (its rerun key)."""
         try:
-            return self._by_key((source, sha256), self.host)
+            return self._by_key((source, sha256), self.host if host is None else host)
         except sqlite3.Error as exc:
             raise failure(self.path, exc, "cannot read the manifest") from exc
 
