@@ -337,8 +337,10 @@ class _Committer:
     def _file(self, staged: Staged) -> File:
         target = None if staged.invalid is not None else self.template.render(staged.attrs)
         extra_links = staged.nlink - 1 if not self.source.copies else 0
+        # A shared manifest names a file by its host and source; an SQLite one (one host) by its source.
+        host = self.manifest.host if self.manifest.shared else ""
         return File(self.source.prefix + staged.name, target, staged.sha256, staged.claimed, extra_links,
-                    staged.invalid, self.manifest.host)  # fmt: skip
+                    staged.invalid, host)  # fmt: skip
 
     def _ask(self, staged: Staged, step: Place) -> Answer:
         """Place *staged* at ``step.rel``, and gather what the decision needs to know of a taken name."""
@@ -365,7 +367,9 @@ class _Committer:
             # (EXISTS) another committer's file with these bytes, claimed and not recorded yet,
             # holds the name as an earlier file of this run would.
             rows, busy = self.manifest.holders(Status.COMMITTED, step.rel, sha256, source)
-        holder = Holder(rows[0].id, rows[0].source, rows[0].sha256, rows[0].host) if rows else None
+        holder = None
+        if rows:
+            holder = Holder(rows[0].id, rows[0].source, rows[0].sha256, rows[0].host if self.manifest.shared else "")
         return Answer(placed, existing, placed_this_run=in_run or busy, holder=holder, recorded=recorded)
 
     def _recorded(self, source: str, sha256: str) -> Recorded | None:
@@ -386,7 +390,8 @@ class _Committer:
         except DicomCommitError:
             raise
         except FileNotFoundError as exc:
-            if not _fs.exists_at(self.source.dir_fd, staged.name):
+            # Without the archive lock, another committer may have taken it since its claim.
+            if self.manifest.shared and not _fs.exists_at(self.source.dir_fd, staged.name):
                 raise _Gone from exc
             raise self.source.failure(f"cannot link {payload.path} ({exc.strerror})", f"{self.archive.location}/{rel}",
                                       exc) from exc  # fmt: skip

@@ -42,7 +42,7 @@ from dicomcommit.checks import check_dir, check_seconds
 from dicomcommit.committing.driver import OnConflict, run
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.rebuild import rebuild
-from dicomcommit.committing.resolve import KEEP_CHOICES, resolve
+from dicomcommit.committing.resolve import KEEP_CHOICES, RESOLVE_CLAIM, resolve
 from dicomcommit.committing.sources import StagingDir
 from dicomcommit.dicom.headers import NotDicom, read_attrs
 from dicomcommit.errors import ArchiveError, UsageError
@@ -313,8 +313,9 @@ def _open_inodes() -> set[tuple[int, int]]:
 def _temp_copies(archive: BaseArchive, manifest: BaseManifest, check: bool, report: RecoverReport) -> None:
     """Copies made across filesystems live only inside a batch, which the archive lock keeps
     out (or, with a shared manifest, whose lease is live): any others are ours to remove."""
-    live = manifest.live_leases()
-    for rel in archive.files(TMP_DIR):
+    listed = archive.files(TMP_DIR)
+    live = manifest.live_leases()  # read after the listing: a copy listed is one whose lease exists by now
+    for rel in listed:
         name = rel.rpartition("/")[2]
         if _fs.tmp_owner(name) in live:
             continue
@@ -334,7 +335,9 @@ def _reconcile(archive: BaseArchive, manifest: BaseManifest, verify: bool, check
     listed = archive.files()
     with manifest.snapshot():
         records = manifest.records()
-        in_flight = _claimed_names(manifest.live_claims())
+        # Live claims, and dead ones not settled yet (a lease may have expired while this ran):
+        # their files are a committer's, or its recover's, to record.
+        in_flight = _claimed_names(manifest.live_claims() + manifest.expired_claims())
     for record in records:
         if record.status is not Status.DUPLICATE:
             by_path.setdefault(record.path, record)
@@ -412,10 +415,12 @@ def _finish_claims(archive: BaseArchive, manifest: BaseManifest, *, check: bool,
     stale = manifest.expired_claims()
     if not stale:
         return
-    busy = {claim.sha256 for claim in manifest.live_claims()}
+    busy = {claim.sha256 for claim in manifest.live_claims()}  # checked again as the claims are settled
     taken: set[str] = set()  # names recorded by this settlement
     records: dict[tuple[str, str], NewRecord] = {}
     for claim in stale:
+        if claim.source.startswith(RESOLVE_CLAIM):
+            continue  # a killed resolve's: it ends (its decision is recorded, and finished above)
         if claim.sha256 is not None and manifest.find(claim.source, claim.sha256, host=claim.host) is not None:
             continue  # recorded already (by another committer of its host that took the claim over): it just ends
         record = None if claim.sha256 in busy else _claimed_outcome(archive, manifest, claim, taken)
@@ -428,6 +433,8 @@ def _finish_claims(archive: BaseArchive, manifest: BaseManifest, *, check: bool,
         record = records.get((claim.host, claim.source))
         if record is not None:
             report.claims_finished.append(f"{what} -> {record.status} {record.path}")
+        elif claim.source.startswith(RESOLVE_CLAIM):
+            pass
         elif claim.sha256 is None or manifest.find(claim.source, claim.sha256, host=claim.host) is None:
             report.claims_ended.append(f"{what} (nothing of it placed; still staged on {claim.host or 'its host'})")
 
@@ -447,10 +454,14 @@ def _claimed_outcome(archive: BaseArchive, manifest: BaseManifest, claim: Claim,
     for status, rel, how in places:
         if archive.sha256(rel) != sha256:
             continue
-        recorded = rel in taken or bool(manifest.records(Status.INVALID if status is Status.INVALID else
-                                                         (Status.COMMITTED, Status.CONFLICT), path=rel))  # fmt: skip
-        final = Status.DUPLICATE if recorded and status is not Status.INVALID else status
+        rows = [] if status is Status.INVALID else manifest.records(status, path=rel)
+        final, takes = status, None
+        if rows and rows[0].source.startswith(FOUND_IN_ARCHIVE) and rows[0].sha256 in (None, sha256):
+            takes = rows[0].id  # found in the archive with no row: it is where they came from (as commit decides)
+        elif rows or rel in taken:
+            final = Status.DUPLICATE
         existing = archive.sha256(claim.target) if status is Status.CONFLICT and claim.target else None
         return NewRecord(final, claim.target, rel, claim.source, claim.size, sha256, attrs=claim.attrs, run=claim.run,
-                         time=now(), detail=detail + how, existing_sha256=existing, host=claim.host)  # fmt: skip
+                         time=now(), detail=detail + how, existing_sha256=existing, host=claim.host,
+                         claims=takes)  # fmt: skip
     return None

@@ -29,8 +29,12 @@ from dicomcommit.committing.decide import Answer, File, Outcome, Place, Role, de
 from dicomcommit.errors import DicomCommitError, ResolveError, UsageError
 from dicomcommit.layout import CONFLICTS_DIR, REJECTED_DIR, REPLACED_DIR
 from dicomcommit.manifests import BaseManifest, Location, is_shared, manifest_url, open_manifest
-from dicomcommit.manifests.records import Record, Status, now
+from dicomcommit.manifests.records import Claim, Record, Status, now
 from dicomcommit.naming import derived_name
+
+#: The source of the claim a resolve holds on a conflict's bytes (with a shared manifest), so
+#: that a committer of identical bytes sees them as someone's work in progress.
+RESOLVE_CLAIM = "resolve:"
 
 Keep = Literal["existing", "staged", "both"]
 KEEP_CHOICES: tuple[Keep, ...] = ("existing", "staged", "both")
@@ -94,11 +98,17 @@ def resolve_many(
                      if r.resolution == keep and r.sha256 is not None and archive.size(_conflict_copy(r)) is not None
                      and (target is None or fnmatch.fnmatchcase(r.target or "", target))]  # fmt: skip
         rows = _intend(opened, rows, keep, who)
-        with archive:
+        with archive, opened.leased():
+            if opened.shared:  # the names it is about to give these bytes are work in progress
+                opened.claim([_claim_of(row) for row in rows])
             for row in rows:
                 _guarded(archive, row, partial(_ACTIONS[keep], archive, row, opened, who))
                 done.append(opened.get(row.id))
     return done
+
+
+def _claim_of(row: Record) -> Claim:
+    return Claim(f"{RESOLVE_CLAIM}{row.id}", row.target, row.sha256, row.size, row.attrs, "resolve")
 
 
 def _intend(manifest: BaseManifest, rows: list[Record], keep: Keep, who: str) -> list[Record]:

@@ -75,8 +75,12 @@ def open_manifest(
     """
     url = manifest_url(archive, manifest)
     if is_shared(url):
-        # psycopg (the "postgresql" extra) is imported only for a PostgreSQL manifest.
-        from dicomcommit.manifests.postgres import PostgresManifest  # noqa: PLC0415
+        try:  # psycopg (the "postgresql" extra) is imported only for a PostgreSQL manifest
+            from dicomcommit.manifests.postgres import PostgresManifest  # noqa: PLC0415
+        except ImportError as exc:
+            raise UsageError(
+                f"a PostgreSQL manifest needs psycopg ({exc}): pip install 'dicomcommit[postgresql]'"
+            ) from exc
 
         if rehearse:
             return PostgresManifest.rehearsal_of(url)

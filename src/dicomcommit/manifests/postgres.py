@@ -159,7 +159,6 @@ class PostgresManifest(BaseManifest):
         self.url, self.location, self.host = url, shown(url), host_id()
         self.empty = False  # (a dry run's read) the database has no manifest yet
         self._lease: str | None = None
-        self._lost = threading.Event()  # the heartbeat found the lease gone
         self._ttl = lease_seconds()
         try:
             self._conn = _connect(url)
@@ -168,6 +167,8 @@ class PostgresManifest(BaseManifest):
         try:
             if rehearse:
                 self.empty = self._version() is None
+                if not self.empty:
+                    self._check_moved()
             else:
                 self._upgrade(create)
         except BaseException:
@@ -234,40 +235,55 @@ class PostgresManifest(BaseManifest):
         except psycopg.Error as exc:
             raise self._failure(exc, "cannot write the manifest") from exc
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write transaction. It first waits out a ``manifest copy`` (whose EXCLUSIVE lock
+        conflicts with this one), then refuses a manifest that was moved meanwhile."""
+        with self.transaction():
+            self._conn.execute("LOCK TABLE settings IN ROW EXCLUSIVE MODE")
+            self._check_moved()
+            yield
+
     def add(self, records: Iterable[NewRecord]) -> dict[tuple[str, str], Record]:
         """Insert *records* in one transaction, as :meth:`SQLiteManifest.add` does, and end
         this committer's claims on their files (checking first that its lease is live)."""
-        stamp = now()
         records = list(records)
-        claimed = [r for r in records if r.claims is not None]
-        rows = [r for r in records if r.claims is None]
-        reviewed = [(r.key(), self._host(r)) for r in rows if r.status in REVIEWED]
-        with self.transaction():
+        reviewed = [(r.key(), self._host(r)) for r in records if r.claims is None and r.status in REVIEWED]
+        with self._writing():
             self._hold_lease()
-            self._check_moved()
-            cur = self._conn.cursor()
-            cur.executemany(
-                "UPDATE files SET sha256 = %s WHERE host = %s AND source = %s AND path = %s AND sha256 IS NULL",
-                [(r.sha256, self._host(r), _b(r.source), _b(r.path)) for r in rows
-                 if r.status is Status.DUPLICATE and r.sha256],
-            )  # fmt: skip
-            cur.executemany(
-                f"INSERT INTO files ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                [(str(r.status), _b(r.target), _b(r.path), _b(r.source), r.size, r.sha256, r.existing_sha256,
-                  _json(r.attrs), r.run, r.time or stamp, _t(r.detail), self._host(r)) for r in rows],
-            )  # fmt: skip
-            cur.executemany(
-                "UPDATE files SET source = %s, attrs = %s, run = %s, detail = %s, sha256 = coalesce(%s, sha256), "
-                "host = %s WHERE id = %s",
-                [(_b(r.source), _json(r.attrs), r.run, _t(r.detail), r.sha256, self._host(r), r.claims)
-                 for r in claimed],
-            )  # fmt: skip
+            self._store(records)
             if self._lease is not None:
-                cur.execute("DELETE FROM claims WHERE lease = %s AND host = %s AND source = ANY(%s)",
-                            (self._lease, self.host, [_b(r.source) for r in records]))  # fmt: skip
+                self._conn.execute("DELETE FROM claims WHERE lease = %s AND host = %s AND source = ANY(%s)",
+                                   (self._lease, self.host, [_b(r.source) for r in records]))  # fmt: skip
             point("commit:in-manifest")
             stored = {key: self._by_key(key, host) for key, host in reviewed}
         return {key: record for key, record in stored.items() if record is not None}
+
+    def _store(self, records: Sequence[NewRecord]) -> None:
+        """Inside a transaction: insert *records* (a key stored already keeps its row); fill
+        in the hash of a duplicate's unhashed row; let a record that ``claims`` a row take it
+        over (unless the file is recorded under its own key already)."""
+        stamp = now()
+        rows = [r for r in records if r.claims is None]
+        cur = self._conn.cursor()
+        cur.executemany(
+            "UPDATE files SET sha256 = %s WHERE host = %s AND source = %s AND path = %s AND sha256 IS NULL",
+            [(r.sha256, self._host(r), _b(r.source), _b(r.path)) for r in rows
+             if r.status is Status.DUPLICATE and r.sha256],
+        )  # fmt: skip
+        cur.executemany(
+            f"INSERT INTO files ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+            [(str(r.status), _b(r.target), _b(r.path), _b(r.source), r.size, r.sha256, r.existing_sha256,
+              _json(r.attrs), r.run, r.time or stamp, _t(r.detail), self._host(r)) for r in rows],
+        )  # fmt: skip
+        cur.executemany(
+            "UPDATE files SET source = %s, attrs = %s, run = %s, detail = %s, sha256 = coalesce(%s, sha256), host = %s "
+            "WHERE id = %s AND NOT EXISTS (SELECT 1 FROM files f WHERE f.host = %s AND f.source = %s AND f.id <> %s "
+            "AND coalesce(f.sha256, 'p:' || encode(f.path, 'hex')) = "
+            "coalesce(%s, files.sha256, 'p:' || encode(files.path, 'hex')))",
+            [(_b(r.source), _json(r.attrs), r.run, _t(r.detail), r.sha256, self._host(r), r.claims, self._host(r),
+              _b(r.source), r.claims, r.sha256) for r in records if r.claims is not None],
+        )  # fmt: skip
 
     def _host(self, record: NewRecord) -> str:
         return self.host if record.host is None else record.host
@@ -303,7 +319,7 @@ class PostgresManifest(BaseManifest):
             _b(v) if k in _BYTES_COLUMNS else _t(v) if k == "detail" and v is not None else v for k, v in fields.items()
         ]
         assignments = ", ".join(f"{name} = %s" for name in fields)
-        with self.transaction():
+        with self._writing():
             self._conn.execute(f"UPDATE files SET {assignments} WHERE id = %s", (*values, record_id))
 
     def records(
@@ -340,14 +356,14 @@ class PostgresManifest(BaseManifest):
         return _record(row)
 
     def start_run(self, run: str, *, staging: str, template: str) -> None:
-        with self.transaction():
+        with self._writing():
             self._conn.execute(
                 "INSERT INTO runs (id, started, staging, template, host, pid) VALUES (%s,%s,%s,%s,%s,%s)",
                 (run, now(), _t(staging), _t(template), self.host, os.getpid()),
             )
 
     def finish_run(self, run: str, counts: dict[str, int]) -> None:
-        with self.transaction():
+        with self._writing():
             self._conn.execute("UPDATE runs SET finished = %s, counts = %s WHERE id = %s",
                                (now(), json.dumps(counts), run))  # fmt: skip
 
@@ -395,13 +411,12 @@ class PostgresManifest(BaseManifest):
     def leased(self) -> Iterator[None]:
         lease = f"{self.host}:{os.getpid()}:{os.urandom(4).hex()}"
         machine = _machine()
-        with self.transaction():
+        with self._writing():
             self._expire_dead_here(machine)
             self._conn.execute("INSERT INTO leases (id, host, pid, machine, expires) "
                                "VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))",
                                (lease, self.host, os.getpid(), machine, self._ttl))  # fmt: skip
         self._lease = lease
-        self._lost.clear()
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(lease, stop), name="dicomcommit-lease", daemon=True)
         beat.start()
@@ -442,8 +457,7 @@ class PostgresManifest(BaseManifest):
                 conn = None  # the next beat reconnects; the batch's own check catches an expiry
                 continue
             if not renewed:
-                self._lost.set()
-                break
+                break  # expired: the next claim() or add() says so
         if conn is not None:
             conn.close()
 
@@ -452,7 +466,7 @@ class PostgresManifest(BaseManifest):
             raise ManifestError("claim() needs a lease: call it inside leased()")
         if not claims:
             return set()
-        with self.transaction():
+        with self._writing():
             renewed = self._conn.execute(_RENEW, (self._ttl, self._lease)).rowcount
             if not renewed:
                 self._hold_lease()  # raises: the lease expired
@@ -485,11 +499,6 @@ class PostgresManifest(BaseManifest):
         busy = sha256 is not None and bool(rows and rows[0][0])
         return [_record(row[1:]) for row in rows if row[1] is not None], busy
 
-    @property
-    def lease_lost(self) -> bool:
-        """Whether the background renewal found this committer's lease expired."""
-        return self._lost.is_set()
-
     def live_leases(self) -> set[str]:
         return {lease for (lease,) in self._all("SELECT id FROM leases WHERE expires > now()")}
 
@@ -508,28 +517,50 @@ class PostgresManifest(BaseManifest):
 
     def settle_claims(self, claims: Sequence[Claim], records: Sequence[NewRecord]) -> list[Claim]:
         leases = sorted({c.lease for c in claims})
-        with self.transaction():
+        by_key = {(r.host or "", r.source): r for r in records}
+        with self._writing():
             # Deleting an expired lease waits for a batch that holds it (FOR KEY SHARE) to end.
             self._conn.execute("DELETE FROM leases WHERE id = ANY(%s) AND expires <= now()", (leases,))
             live = {lease for (lease,) in self._conn.execute("SELECT id FROM leases WHERE id = ANY(%s)", (leases,))}
             dead = [c for c in claims if c.lease not in live]
+            ready = self._settleable(dead, by_key)
             # Only the claims still there under their dead lease: one its host's rerun took
             # over in the meantime is that committer's to record.
             ended = self._conn.execute(
                 "DELETE FROM claims USING unnest(%s::text[], %s::bytea[], %s::text[]) AS d(h, s, l) "
                 "WHERE claims.host = d.h AND claims.source = d.s AND claims.lease = d.l "
                 "RETURNING claims.host, claims.source",
-                ([c.host for c in dead], [_b(c.source) for c in dead], [c.lease for c in dead]),
+                ([c.host for c in ready], [_b(c.source) for c in ready], [c.lease for c in ready]),
             ).fetchall()
             keys = {(host, os.fsdecode(source)) for host, source in ended}
-            settled = [c for c in dead if (c.host, c.source) in keys]
-            owned = [r for r in records if (r.host, r.source) in keys]
-            self._conn.cursor().executemany(
-                f"INSERT INTO files ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                [(str(r.status), _b(r.target), _b(r.path), _b(r.source), r.size, r.sha256, r.existing_sha256,
-                  _json(r.attrs), r.run, r.time or now(), _t(r.detail), r.host) for r in owned],
-            )  # fmt: skip
-        return settled
+            self._store([record for key, record in by_key.items() if key in keys])
+        return [c for c in ready if (c.host, c.source) in keys]
+
+    def _settleable(self, dead: list[Claim], by_key: dict[tuple[str, str], NewRecord]) -> list[Claim]:
+        """The dead claims whose records still hold, read now, inside the settling transaction:
+        not one whose bytes another file's claim also has (its committer may be placing
+        them: a claim is committed before its file is placed), nor one recorded as holding a
+        name that a row has taken since recover looked (a later recover decides them)."""
+        dead_keys = {(c.host, c.source) for c in dead}
+        hashes = [c.sha256 for c in dead if c.sha256 is not None]
+        shared = {sha for host, source, sha in self._conn.execute(
+            "SELECT host, source, sha256 FROM claims WHERE sha256 = ANY(%s)", (hashes,))
+            if (host, os.fsdecode(source)) not in dead_keys}  # fmt: skip
+        paths = [_b(r.path) for r in by_key.values() if r.status in (Status.COMMITTED, Status.CONFLICT)]
+        holders: dict[tuple[str, str], set[int]] = {}
+        for record_id, status, path in self._conn.execute(
+            "SELECT id, status, path FROM files WHERE path = ANY(%s) AND status IN ('committed', 'conflict')", (paths,)
+        ):
+            holders.setdefault((status, os.fsdecode(path)), set()).add(record_id)
+        ready = []
+        for claim in dead:
+            record = by_key.get((claim.host, claim.source))
+            if claim.sha256 in shared:
+                continue
+            if record is not None and holders.get((str(record.status), record.path), set()) - {record.claims}:
+                continue
+            ready.append(claim)
+        return ready
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -2,8 +2,8 @@
 
 ``ARCHIVE/.dicomcommit/manifest.sqlite`` by default (or any path given as ``--manifest``);
 any SQLite tool can read it. Paths in it are relative to the archive root. A row is keyed
-by its host, its source and its hash (or, not hashed yet, its path), so a commit rerun
-after a crash never records the same staged file twice. One host writes it: SQLite's own
+by its source and its hash (or, not hashed yet, its path), so a commit rerun after a
+crash never records the same staged file twice; each row also names its host. One host writes it: SQLite's own
 documentation rules out network filesystems, and its WAL mode needs every process on one
 host; the archive lock serializes commit. Many hosts use PostgreSQL
 (:mod:`~dicomcommit.manifests.postgres`).
@@ -56,8 +56,10 @@ CREATE TABLE IF NOT EXISTS files (
     host TEXT NOT NULL DEFAULT ''  -- the host the file came from ('': found in the archive)
 );
 -- The rerun key: a staged file's bytes, or (not hashed yet) where they went. Stagers name
--- files by time, so rows arrive in key order: cheap appends.
-CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files (source, coalesce(sha256, path), host);
+-- files by time, so rows arrive in key order: cheap appends. One host writes an SQLite
+-- manifest: the key leaves the host out, so a host renamed between a crash and its rerun
+-- (a container recreated) still finds its rows.
+CREATE UNIQUE INDEX IF NOT EXISTS files_key ON files (source, coalesce(sha256, path));
 -- Lookups by path, on its last 24 characters only: rows arrive in no path order, and a
 -- small index costs a batch far fewer pages.
 CREATE INDEX IF NOT EXISTS files_path_tail ON files (substr(path, -24));
@@ -163,14 +165,13 @@ class SQLiteManifest(BaseManifest):
     def _refuse_if_moved(self) -> None:
         moved = self._db.execute("SELECT value FROM settings WHERE name='moved_to'").fetchone()
         if moved is not None:
-            raise ManifestError(f"the manifest {self.path} was moved to {moved[0]} (dicomcommit manifest copy); "
-                                f"use that one: --manifest {moved[0]} (or DICOMCOMMIT_MANIFEST)")  # fmt: skip
+            raise _moved(self.path, moved[0])
 
     def _upgrade(self, create: bool) -> None:
         """Create the schema, or bring an older one up to date, in one transaction."""
         if self._version() == SCHEMA_VERSION:
             return  # the common case takes no write lock
-        with self.transaction():
+        with _Transaction(self._db, self.path, guard=False):  # (no settings table yet to read)
             if self._version() == SCHEMA_VERSION:
                 return  # another process got here first
             has_files = self._db.execute("SELECT 1 FROM sqlite_master WHERE name='files'").fetchone()
@@ -216,38 +217,38 @@ class SQLiteManifest(BaseManifest):
              _attrs_json(r.attrs), r.run, r.time or stamp, _db(r.detail), self._host(r))
             for r in records
         ]  # fmt: skip
-        hashed = [(r.sha256, _db(r.source), _db(r.path), self._host(r)) for r in records
+        hashed = [(r.sha256, _db(r.source), _db(r.path)) for r in records
                   if r.status is Status.DUPLICATE and r.sha256]  # fmt: skip
-        reviewed = [(r.key(), self._host(r)) for r in records if r.status in REVIEWED]
+        reviewed = [r.key() for r in records if r.status in REVIEWED]
         with self.transaction():
-            self._refuse_if_moved()
-            self._db.executemany("UPDATE files SET sha256=? WHERE source=? AND path=? AND host=? AND sha256 IS NULL",
-                                 hashed)  # fmt: skip
+            self._db.executemany("UPDATE files SET sha256=? WHERE source=? AND path=? AND sha256 IS NULL", hashed)
             self._db.executemany(f"INSERT OR IGNORE INTO files ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            # OR IGNORE: a file recorded already under its own key keeps that row.
             self._db.executemany(
-                "UPDATE files SET source=?, attrs=?, run=?, detail=?, sha256=coalesce(?, sha256), host=? WHERE id=?",
+                "UPDATE OR IGNORE files SET source=?, attrs=?, run=?, detail=?, sha256=coalesce(?, sha256), host=? "
+                "WHERE id=?",
                 claims,
             )
             point("commit:in-manifest")
             # The few rows a person reviews are reported with their ids: read them back by key.
-            stored = {key: self._by_key(key, host) for key, host in reviewed}
+            stored = {key: self._by_key(key) for key in reviewed}
         return {key: record for key, record in stored.items() if record is not None}
 
     def _host(self, record: NewRecord) -> str:
         return self.host if record.host is None else record.host
 
     def find(self, source: str, sha256: str, *, host: str | None = None) -> Record | None:
-        """The row of the file *source* (of *host*, default this one) with these bytes, if
-        one is stored (its rerun key)."""
+        """The row of the file *source* with these bytes, if one is stored (its rerun key;
+        one host writes an SQLite manifest, so *host* is not part of it)."""
         try:
-            return self._by_key((source, sha256), self.host if host is None else host)
+            return self._by_key((source, sha256))
         except sqlite3.Error as exc:
             raise failure(self.path, exc, "cannot read the manifest") from exc
 
-    def _by_key(self, key: tuple[str, str], host: str) -> Record | None:
+    def _by_key(self, key: tuple[str, str]) -> Record | None:
         source, hashed = _db(key[0]), _db(key[1])
-        row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE source=? AND coalesce(sha256, path)=? "
-                               "AND host=?", (source, hashed, host)).fetchone()  # fmt: skip
+        row = self._db.execute(f"SELECT {_ALL_COLUMNS} FROM files WHERE source=? AND coalesce(sha256, path)=?",
+                               (source, hashed)).fetchone()  # fmt: skip
         return None if row is None else _record(row)
 
     def update(self, record_id: int, **fields: str | None) -> None:
@@ -422,15 +423,23 @@ class SQLiteManifest(BaseManifest):
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``. With *guard*, it refuses a manifest that ``manifest
+    copy`` moved (whose own transaction this one waited for)."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, *, guard: bool = True) -> None:
         self._db = db
         self._path = path
+        self._guard = guard
 
     def __enter__(self) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
+            moved = self._guard and self._db.execute("SELECT value FROM settings WHERE name='moved_to'").fetchone()
         except sqlite3.Error as exc:
             raise failure(self._path, exc, "cannot write the manifest") from exc
+        if moved:
+            self._db.execute("ROLLBACK")
+            raise _moved(self._path, moved[0])
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
@@ -446,6 +455,11 @@ class _Transaction:
 # UTF-8 (os.fsdecode gives it surrogates) is stored as a BLOB of its bytes, losslessly;
 # every other value stays TEXT, as any SQLite tool expects.
 _TEXT_COLUMNS = frozenset({"target", "path", "source", "detail"})
+
+
+def _moved(path: Path, to: str) -> ManifestError:
+    return ManifestError(f"the manifest {path} was moved to {to} (dicomcommit manifest copy); "
+                         f"use that one: --manifest {to} (or DICOMCOMMIT_MANIFEST)")  # fmt: skip
 
 
 def _db(text: str | None) -> str | bytes | None:
