@@ -4,6 +4,10 @@
     .venv/bin/python scripts/bench.py            # full run (several minutes, a few GB of disk)
     .venv/bin/python scripts/bench.py --quick    # smoke run (seconds)
     .venv/bin/python scripts/bench.py --json     # machine-readable
+    .venv/bin/python scripts/bench.py --only pg  # the PostgreSQL manifest's rows only
+
+The PostgreSQL manifest's rows (scripts/_bench_pg.py) run on a throwaway server of their own
+(tests/pg_server.py); without PostgreSQL's binaries, or with --no-pg, they are skipped.
 
 Every variant runs on fresh directories, and nothing is deleted until the end: on some
 filesystems, deleting thousands of files slows later file creation for a while, which
@@ -30,6 +34,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
+import _bench_pg
 from dicomcommit import Stager, commit
 from dicomcommit.manifests.sqlite import SQLiteManifest as Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
@@ -343,53 +348,95 @@ def bench_kind(bench: Bench, kind: str, n: int) -> list[Row]:
     return rows
 
 
+def bench_pg(bench: Bench, n: int) -> list[Row]:
+    """The PostgreSQL manifest, tiny files: one committer against SQLite, two against one."""
+    kind = "tiny"
+    items = datasets(kind, n)
+    with _bench_pg.server(bench) as pg:
+        c = _bench_pg.vs_sqlite(bench, pg, items)
+        p = _bench_pg.committers(bench, pg, [items, datasets(kind, n, n)])
+    sqlite, one = "commit, SQLite manifest", "commit, PostgreSQL, 1 process"
+    return [
+        Row(sqlite, kind, n, c["sqlite"]),
+        Row("commit, PostgreSQL manifest", kind, n, c["pg"], sqlite, c["pg"] / c["sqlite"], ">= 0.6x",
+            c["pg"] / c["sqlite"] >= 0.6),
+        Row(one, kind, n, p[1]),
+        # Each process commits n files of its own: the same work per process as the one alone.
+        Row(f"commit, PostgreSQL, 2 x {n} files", kind, 2 * n, p[2], one, p[2] / p[1], ">= 1.6x", p[2] / p[1] >= 1.6),
+    ]  # fmt: skip
+
+
 # --- the run ---------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[Row] = []
     extra: dict[str, Any] = {}
+    load = os.getloadavg()[0]  # other work on the machine skews every figure, ratios of processes most
     with tempfile.TemporaryDirectory(prefix="dicomcommit-bench-", dir=args.dir) as tmp:
         bench = Bench(Path(tmp), args.runs)
-        for kind in args.kinds:
-            rows += bench_kind(bench, kind, args.files if kind == "tiny" else args.ct_files)
-        kind = args.kinds[0] if args.kinds else "tiny"
-        for many, label in ((False, "stage, fsync off"), (True, "stage_many, durable")):
-            one = stage_in_processes(bench, kind, args.files, 1, many=many)
-            two = stage_in_processes(bench, kind, args.files, 2, many=many)
-            rows.append(Row(f"{label}, 1 process", kind, args.files, one))
-            rows.append(Row(f"{label}, 2 processes", kind, args.files, two, f"{label}, 1 process", two / one,
-                            ">= 1.8x", two / one >= 1.8))  # fmt: skip
-
-        extra["header_bytes"] = commit_bytes_read(bench)
-        if args.scale:
-            small, large = scaled(bench, [args.scale // 10, args.scale])
-            extra["scale"] = {
-                "small": small,
-                "large": large,
-                "time_ratio": large["seconds"] / small["seconds"],
-                "time_ratio_ok": large["seconds"] / small["seconds"] <= 11,
-                "peak_rss_ok": large["peak_rss_mb"] < 200,
-                "manifest_share": large["manifest_seconds"] / large["seconds"],
-                "manifest_share_ok": large["manifest_seconds"] / large["seconds"] <= 0.10,
-            }
+        if args.only != "pg":
+            rows += run_files(bench, args, extra)
+        if args.no_pg:
+            extra["pg_skipped"] = "--no-pg"
+        else:
+            try:
+                rows += bench_pg(bench, args.pg_files or args.files)
+            except _bench_pg.Unavailable as exc:
+                extra["pg_skipped"] = str(exc)
         shutil.rmtree(tmp, ignore_errors=True)  # deleting is left to the very end
-    return {"runs": args.runs, "page_cache_dropped": bench.cache_dropped, "rows": [asdict(r) for r in rows], **extra}
+    extra["load_average"] = {"cpus": os.cpu_count(), "start": load, "end": os.getloadavg()[0]}
+    dropped = None if args.only == "pg" else bench.cache_dropped  # (None: no run writes from a cold cache)
+    return {"runs": args.runs, "page_cache_dropped": dropped, "rows": [asdict(r) for r in rows], **extra}
+
+
+def run_files(bench: Bench, args: argparse.Namespace, extra: dict[str, Any]) -> list[Row]:
+    """Everything but the PostgreSQL manifest's rows (adding the bytes read and the scaling check to *extra*)."""
+    rows: list[Row] = []
+    for kind in args.kinds:
+        rows += bench_kind(bench, kind, args.files if kind == "tiny" else args.ct_files)
+    kind = args.kinds[0] if args.kinds else "tiny"
+    for many, label in ((False, "stage, fsync off"), (True, "stage_many, durable")):
+        one = stage_in_processes(bench, kind, args.files, 1, many=many)
+        two = stage_in_processes(bench, kind, args.files, 2, many=many)
+        rows.append(Row(f"{label}, 1 process", kind, args.files, one))
+        rows.append(Row(f"{label}, 2 processes", kind, args.files, two, f"{label}, 1 process", two / one,
+                        ">= 1.8x", two / one >= 1.8))  # fmt: skip
+
+    extra["header_bytes"] = commit_bytes_read(bench)
+    if args.scale:
+        small, large = scaled(bench, [args.scale // 10, args.scale])
+        extra["scale"] = {
+            "small": small,
+            "large": large,
+            "time_ratio": large["seconds"] / small["seconds"],
+            "time_ratio_ok": large["seconds"] / small["seconds"] <= 11,
+            "peak_rss_ok": large["peak_rss_mb"] < 200,
+            "manifest_share": large["manifest_seconds"] / large["seconds"],
+            "manifest_share_ok": large["manifest_seconds"] / large["seconds"] <= 0.10,
+        }
+    return rows
 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"medians over {result['runs']} runs; ratios are against baselines measured in this run")
-    dropped = "emptied" if result["page_cache_dropped"] else "not emptied (needs root)"
-    print(f"page cache before each write run: {dropped}\n")
+    if result["page_cache_dropped"] is not None:
+        dropped = "emptied" if result["page_cache_dropped"] else "not emptied (needs root)"
+        print(f"page cache before each write run: {dropped}")
+    load = result["load_average"]
+    print(f"load average (1 min) at start and end: {load['start']:.1f}, {load['end']:.1f} ({load['cpus']} CPUs)\n")
     print(f"{'variant':<34} {'kind':<5} {'files':>6} {'files/s':>9}  {'ratio':>7}  {'vs':<28} {'target':<14} ok")
     for r in result["rows"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
         print(f"{r['name']:<34} {r['kind']:<5} {r['files']:>6} {r['rate']:>9,.0f}  {ratio:>7}  "
               f"{r['baseline']:<28} {r['target']:<14} {ok}")  # fmt: skip
-    print("\nbytes one commit reads for one foreign file (header, manifest and all):")
-    for h in result["header_bytes"]:
-        print(f"  {h['file']:>7} file ({h['file_bytes']:,} bytes): {h['bytes_read_by_commit']:,} bytes read")
+    if "pg_skipped" in result:
+        print(f"\nPostgreSQL manifest rows skipped: {result['pg_skipped']}")
+    if "header_bytes" in result:
+        print("\nbytes one commit reads for one foreign file (header, manifest and all):")
+        for h in result["header_bytes"]:
+            print(f"  {h['file']:>7} file ({h['file_bytes']:,} bytes): {h['bytes_read_by_commit']:,} bytes read")
     if "scale" in result:
         s = result["scale"]
         print(
@@ -414,9 +461,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="where to put the data [the system temp dir]")
     parser.add_argument("--kinds", nargs="*", choices=sorted(SIZES), default=["tiny", "ct"],
                         help="dataset sizes (none: only the scaling check)")  # fmt: skip
+    parser.add_argument("--pg-files", type=int, default=None,
+                        help="tiny files per committer in the PostgreSQL manifest's rows [--files]")  # fmt: skip
+    parser.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL manifest's rows")
+    parser.add_argument("--only", choices=["pg"], default=None, help="run only these rows (pg: the PostgreSQL ones)")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.files, args.ct_files, args.scale, args.kinds = 1, 40, 10, 400, ["tiny"]
+        args.pg_files = min(args.pg_files or 40, 40)
+    if args.only == "pg" and args.no_pg:
+        parser.error("--only pg and --no-pg leave nothing to run")
     result = run(args)
     if args.json:
         json.dump(result, sys.stdout, indent=2)

@@ -37,7 +37,7 @@ from dicomcommit import resolve as resolve_conflict
 from dicomcommit.cli.main import main
 from dicomcommit.manifests import ENV_MANIFEST, manifest_url
 from dicomcommit.manifests.copying import copy_manifest
-from dicomcommit.manifests.records import NewRecord, host_id
+from dicomcommit.manifests.records import Claim, NewRecord, host_id
 from tests.conftest import archive_files, staged_files, write_foreign
 from tests.pg_server import PostgresServer
 
@@ -503,3 +503,22 @@ def test_recover_does_not_report_claims_of_files_recorded_already_as_finished(
     assert [r["status"] for r in rows] == ["committed"] * 5
     with open_manifest(archive, manifest=pg_url) as opened:
         assert opened.expired_claims() == []
+
+
+def test_two_staging_directories_of_one_host_with_the_same_file_names_commit_at_once(
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset]
+) -> None:
+    """Modality exports name files IM0001.dcm...: a claim is of a file in its directory, so a
+    commit of one such directory is not held up by another committer's claims in another."""
+    archive = tmp_path / "archive"
+    dirs = [tmp_path / "s0", tmp_path / "s1"]
+    for k, staging in enumerate(dirs):
+        staging.mkdir()
+        for i in range(30):
+            write_foreign(staging / f"IM{i:04}.dcm", make_ds(i + 1000 * k))
+    with open_manifest(archive, manifest=pg_url, create=True) as other, other.leased():
+        held = other.claim([Claim(f"IM{i:04}.dcm", None, None, 1, {}, "r", str(dirs[0])) for i in range(30)])
+        assert len(held) == 30
+        report = commit(dirs[1], archive, manifest=pg_url)
+    assert (report.committed, report.claimed_elsewhere) == (30, 0)
+    assert staged_files(dirs[1]) == []

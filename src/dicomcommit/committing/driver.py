@@ -206,6 +206,7 @@ class _Committer:
         self.source, self.archive, self.manifest, self.template = source, archive, manifest, template
         self.on_conflict, self.report = on_conflict, report
         self.placed: set[str] = set()  # archive names this batch placed (their rows are not in yet)
+        self.targets: dict[str, str] = {}  # this batch's rendered targets, by file name
         self.facts = Describer(source.root, template.keywords, journal=source.journal, copy=source.copies,
                                settle=source.settle, described=source.described)  # fmt: skip
 
@@ -231,6 +232,7 @@ class _Committer:
         self.source.start_batch()
         self.facts.dir_fd = self.source.dir_fd
         self.placed.clear()
+        self.targets.clear()
         done: list[tuple[NewRecord, str]] = []
         try:
             described = (self._guarded(name, partial(self.facts.describe, name)) for name in names)
@@ -274,11 +276,10 @@ class _Committer:
         for staged in batch:
             if staged.left is None and staged.claimed is None:
                 self._guarded(staged.name, partial(staged.hash, self.source.dir_fd))
-            target = (
-                None if staged.invalid is not None or staged.left is not None else self.template.render(staged.attrs)
-            )
+            target = None if staged.left is not None else self._target(staged)
             claims.append(Claim(self.source.prefix + staged.name, target, staged.sha256 or staged.claimed, staged.size,
-                                {k: staged.attrs.get(k) for k in self.template.keywords}, self.report.run))  # fmt: skip
+                                {k: staged.attrs.get(k) for k in self.template.keywords}, self.report.run,
+                                self.root))  # fmt: skip
         granted = self.manifest.claim(claims)
         mine = []
         for staged, claim in zip(batch, claims, strict=True):
@@ -334,8 +335,17 @@ class _Committer:
             self.placed.add(step.path)
         return self._record(staged, file, step)
 
+    def _target(self, staged: Staged) -> str | None:
+        """The name its attributes render to (None: invalid), rendered once per file."""
+        if staged.invalid is not None:
+            return None
+        target = self.targets.get(staged.name)
+        if target is None:
+            target = self.targets[staged.name] = self.template.render(staged.attrs)
+        return target
+
     def _file(self, staged: Staged) -> File:
-        target = None if staged.invalid is not None else self.template.render(staged.attrs)
+        target = self._target(staged)
         extra_links = staged.nlink - 1 if not self.source.copies else 0
         # A shared manifest names a file by its host and source; an SQLite one (one host) by its source.
         host = self.manifest.host if self.manifest.shared else ""
@@ -409,6 +419,7 @@ class _Committer:
                     self.source.root / staged.name)  # fmt: skip
         staged.claimed = None
         staged.attrs = {}
+        self.targets.pop(staged.name, None)
         self.facts.read_foreign(staged)
         if self.durable and staged.unsynced and staged.left is None:
             self.source.flush([staged.name])  # bytes durable before any name

@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE TABLE IF NOT EXISTS claims (
     host text NOT NULL,
+    staging bytea NOT NULL,   -- the staging directory (or ingest source) the file is in
     source bytea NOT NULL,
     lease text NOT NULL,
     run text NOT NULL,
@@ -89,14 +90,17 @@ CREATE TABLE IF NOT EXISTS claims (
     sha256 text,
     size bigint NOT NULL,
     attrs json NOT NULL,
-    PRIMARY KEY (host, source)
+    PRIMARY KEY (host, staging, source)
 );
 CREATE INDEX IF NOT EXISTS claims_lease ON claims (lease);
 CREATE TABLE IF NOT EXISTS settings (name text PRIMARY KEY, value text NOT NULL);
 """
 _COLUMNS = "status, target, path, source, size, sha256, existing_sha256, attrs, run, time, detail, host"
 _ALL_COLUMNS = f"id, {_COLUMNS}, resolution, resolved_by, resolved_at"
-_CLAIM_COLUMNS = "source, target, sha256, size, attrs, run, host, lease"
+_CLAIM_COLUMNS = "source, target, sha256, size, attrs, run, staging, host, lease"
+# The types binary COPY sends (json as its text, which is its binary form too).
+_ROW_TYPES = ["text", "bytea", "bytea", "bytea", "int8", "text", "text", "text", "text", "text", "text", "text"]
+_CLAIM_TYPES = ["bytea", "bytea", "text", "int8", "text", "text", "bytea", "text", "text"]
 _LIVE = "EXISTS (SELECT 1 FROM leases l WHERE l.id = claims.lease AND l.expires > now())"
 _BYTES_COLUMNS = frozenset({"target", "path", "source"})
 _RENEW = "UPDATE leases SET expires = now() + make_interval(secs => %s) WHERE id = %s AND expires > now()"
@@ -253,8 +257,12 @@ class PostgresManifest(BaseManifest):
             self._hold_lease()
             self._store(records)
             if self._lease is not None:
-                self._conn.execute("DELETE FROM claims WHERE lease = %s AND host = %s AND source = ANY(%s)",
-                                   (self._lease, self.host, [_b(r.source) for r in records]))  # fmt: skip
+                self._conn.execute("DELETE FROM claims c USING files_in f WHERE c.lease = %s AND c.source = f.source",
+                                   (self._lease,))  # fmt: skip
+                taken_over = [_b(r.source) for r in records if r.claims is not None]
+                if taken_over:
+                    self._conn.execute("DELETE FROM claims WHERE lease = %s AND source = ANY(%s)",
+                                       (self._lease, taken_over))  # fmt: skip
             point("commit:in-manifest")
             stored = {key: self._by_key(key, host) for key, host in reviewed}
         return {key: record for key, record in stored.items() if record is not None}
@@ -266,24 +274,28 @@ class PostgresManifest(BaseManifest):
         stamp = now()
         rows = [r for r in records if r.claims is None]
         cur = self._conn.cursor()
-        cur.executemany(
-            "UPDATE files SET sha256 = %s WHERE host = %s AND source = %s AND path = %s AND sha256 IS NULL",
-            [(r.sha256, self._host(r), _b(r.source), _b(r.path)) for r in rows
-             if r.status is Status.DUPLICATE and r.sha256],
-        )  # fmt: skip
-        cur.executemany(
-            f"INSERT INTO files ({_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-            [(str(r.status), _b(r.target), _b(r.path), _b(r.source), r.size, r.sha256, r.existing_sha256,
-              _json(r.attrs), r.run, r.time or stamp, _t(r.detail), self._host(r)) for r in rows],
-        )  # fmt: skip
-        cur.executemany(
-            "UPDATE files SET source = %s, attrs = %s, run = %s, detail = %s, sha256 = coalesce(%s, sha256), host = %s "
-            "WHERE id = %s AND NOT EXISTS (SELECT 1 FROM files f WHERE f.host = %s AND f.source = %s AND f.id <> %s "
-            "AND coalesce(f.sha256, 'p:' || encode(f.path, 'hex')) = "
-            "coalesce(%s, files.sha256, 'p:' || encode(files.path, 'hex')))",
-            [(_b(r.source), _json(r.attrs), r.run, _t(r.detail), r.sha256, self._host(r), r.claims, self._host(r),
-              _b(r.source), r.claims, r.sha256) for r in records if r.claims is not None],
-        )  # fmt: skip
+        hashed = [(r.sha256, self._host(r), _b(r.source), _b(r.path)) for r in rows
+                  if r.status is Status.DUPLICATE and r.sha256]  # fmt: skip
+        if hashed:
+            cur.executemany(
+                "UPDATE files SET sha256 = %s WHERE host = %s AND source = %s AND path = %s AND sha256 IS NULL", hashed
+            )
+        self._copy_in("files_in", _COLUMNS, _ROW_TYPES,
+                      [(str(r.status), _b(r.target), _b(r.path), _b(r.source), r.size, r.sha256, r.existing_sha256,
+                        _json(r.attrs), r.run, r.time or stamp, _t(r.detail), self._host(r))
+                       for r in rows])  # fmt: skip
+        cur.execute(f"INSERT INTO files ({_COLUMNS}) SELECT {_COLUMNS} FROM files_in ON CONFLICT DO NOTHING")
+        takeovers = [(_b(r.source), _json(r.attrs), r.run, _t(r.detail), r.sha256, self._host(r), r.claims,
+                      self._host(r), _b(r.source), r.claims, r.sha256)
+                     for r in records if r.claims is not None]  # fmt: skip
+        if takeovers:
+            cur.executemany(
+                "UPDATE files SET source = %s, attrs = %s, run = %s, detail = %s, sha256 = coalesce(%s, sha256), "
+                "host = %s WHERE id = %s AND NOT EXISTS (SELECT 1 FROM files f WHERE f.host = %s AND f.source = %s "
+                "AND f.id <> %s AND coalesce(f.sha256, 'p:' || encode(f.path, 'hex')) = "
+                "coalesce(%s, files.sha256, 'p:' || encode(files.path, 'hex')))",
+                takeovers,
+            )
 
     def _host(self, record: NewRecord) -> str:
         return self.host if record.host is None else record.host
@@ -470,17 +482,28 @@ class PostgresManifest(BaseManifest):
             renewed = self._conn.execute(_RENEW, (self._ttl, self._lease)).rowcount
             if not renewed:
                 self._hold_lease()  # raises: the lease expired
+            self._copy_in("claims_in", _CLAIM_COLUMNS, _CLAIM_TYPES,
+                          [(_b(c.source), _b(c.target), c.sha256, c.size, _json(c.attrs), c.run, _b(c.staging),
+                            self.host, self._lease) for c in claims])  # fmt: skip
             rows = self._conn.execute(
-                f"INSERT INTO claims ({_CLAIM_COLUMNS}) "
-                "SELECT s, t, h, z, a::json, %s, %s, %s "
-                "FROM unnest(%s::bytea[], %s::bytea[], %s::text[], %s::bigint[], %s::text[]) AS u(s, t, h, z, a) "
-                "ON CONFLICT (host, source) DO UPDATE SET lease = EXCLUDED.lease, run = EXCLUDED.run, "
+                f"INSERT INTO claims ({_CLAIM_COLUMNS}) SELECT {_CLAIM_COLUMNS} FROM claims_in "
+                "ON CONFLICT (host, staging, source) DO UPDATE SET lease = EXCLUDED.lease, run = EXCLUDED.run, "
                 "target = EXCLUDED.target, sha256 = EXCLUDED.sha256, size = EXCLUDED.size, attrs = EXCLUDED.attrs "
-                f"WHERE claims.lease = EXCLUDED.lease OR NOT {_LIVE} RETURNING source",
-                (claims[0].run, self.host, self._lease, [_b(c.source) for c in claims], [_b(c.target) for c in claims],
-                 [c.sha256 for c in claims], [c.size for c in claims], [_json(c.attrs) for c in claims]),
-            ).fetchall()  # fmt: skip
+                f"WHERE claims.lease = EXCLUDED.lease OR NOT {_LIVE} RETURNING source"
+            ).fetchall()
         return {os.fsdecode(source) for (source,) in rows}
+
+    def _copy_in(self, table: str, columns: str, types: list[str], rows: list[tuple[Any, ...]]) -> None:
+        """Inside a transaction: *rows* into the temporary table *table* (emptied at commit),
+        by one binary COPY: a batch's thousands of rows in one round trip, no SQL per row."""
+        like = "claims" if table == "claims_in" else "files"
+        # (Again in each transaction: one rolled back takes a table it created with it.)
+        self._conn.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {table} ON COMMIT DELETE ROWS AS "
+                           f"SELECT {columns} FROM {like} WITH NO DATA; DELETE FROM {table}")  # fmt: skip
+        with self._conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
 
     @property
     def lease(self) -> str | None:
@@ -491,10 +514,10 @@ class PostgresManifest(BaseManifest):
         # one transaction, so the name's holder shows up here as a row or as a claim.
         rows = self._all(
             f"WITH c AS (SELECT EXISTS (SELECT 1 FROM claims WHERE sha256 = %s "
-            "AND NOT (host = %s AND source = %s)) AS busy), "
+            "AND NOT (host = %s AND source = %s AND lease IS NOT DISTINCT FROM %s)) AS busy), "
             f"f AS (SELECT {_ALL_COLUMNS} FROM files WHERE path = %s AND status = %s) "
             "SELECT c.busy, f.* FROM c LEFT JOIN f ON true ORDER BY f.id",
-            (sha256, self.host, _b(source), _b(path), str(status)),
+            (sha256, self.host, _b(source), self._lease, _b(path), str(status)),
         )
         busy = sha256 is not None and bool(rows and rows[0][0])
         return [_record(row[1:]) for row in rows if row[1] is not None], busy
@@ -661,6 +684,6 @@ def _record(row: tuple[Any, ...]) -> Record:
 
 
 def _claim(row: tuple[Any, ...]) -> Claim:
-    source, target, sha256, size, attrs, run, host, lease = row
+    source, target, sha256, size, attrs, run, staging, host, lease = row
     return Claim(os.fsdecode(source), None if target is None else os.fsdecode(target), sha256, size, attrs, run,
-                 host, lease)  # fmt: skip
+                 os.fsdecode(staging), host, lease)  # fmt: skip

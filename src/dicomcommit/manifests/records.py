@@ -108,6 +108,7 @@ class Claim:
     size: int
     attrs: Attrs
     run: str
+    staging: str = ""  # the directory it is staged in (a host may have several)
     host: str = ""
     lease: str = ""
 
