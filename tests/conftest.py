@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,6 +77,16 @@ def copy_in(name: str, staging: Path, as_name: str | None = None) -> Path:
     shutil.copyfile(wheel_file(name), dest)
     settled(dest)
     return dest
+
+
+def killed_commit(staging: Path, archive: Path, url: str, crash: str, *, host: str, lease: float) -> None:
+    """``dicomcommit commit`` into the manifest *url*, as the host *host* with leases of
+    *lease* seconds, SIGKILLed at the crash point *crash* (``point:n``)."""
+    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": crash, "DICOMCOMMIT_HOST": host,
+           "DICOMCOMMIT_LEASE_SECONDS": str(lease)}  # fmt: skip
+    argv = [sys.executable, "-m", "dicomcommit", "commit", str(staging), str(archive), "--manifest", url]
+    killed = subprocess.run(argv, env=env, capture_output=True, check=False, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
 
 
 def write_foreign(path: Path, ds: Dataset) -> Path:

@@ -38,7 +38,7 @@ from dicomcommit.cli.main import main
 from dicomcommit.manifests import ENV_MANIFEST, manifest_url
 from dicomcommit.manifests.copying import copy_manifest
 from dicomcommit.manifests.records import Claim, NewRecord, host_id
-from tests.conftest import archive_files, staged_files, write_foreign
+from tests.conftest import archive_files, killed_commit, staged_files, write_foreign
 from tests.pg_server import PostgresServer
 
 _VOLATILE = ("id", "run", "time")  # differ between two runs of the same commit
@@ -412,14 +412,6 @@ def test_manifest_opens_a_url_given_alone(tmp_path: Path, pg_url: str, make_ds: 
         assert len(opened.records()) == 1
 
 
-def _killed_commit(staging: Path, archive: Path, url: str, crash: str, *, host: str, lease: float) -> None:
-    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": crash, "DICOMCOMMIT_HOST": host,
-           "DICOMCOMMIT_LEASE_SECONDS": str(lease)}  # fmt: skip
-    argv = [sys.executable, "-m", "dicomcommit", "commit", str(staging), str(archive), "--manifest", url]
-    killed = subprocess.run(argv, env=env, capture_output=True, check=False, timeout=120)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-
-
 def test_recover_from_another_host_finishes_a_dead_committers_claims_once_its_lease_expired(
     tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,7 +422,7 @@ def test_recover_from_another_host_finishes_a_dead_committers_claims_once_its_le
         stager.stage(make_ds(i))
     stager.stage(make_ds(0, variant=1))  # a conflict: kept in conflicts/ by the dead committer
     # Killed after linking its one batch, before recording it; the lease lasts 3 s.
-    _killed_commit(staging, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=3.0)
+    killed_commit(staging, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=3.0)
     assert len(archive_files(archive)) == 6
     monkeypatch.setenv("DICOMCOMMIT_HOST", "node-b")
     early = recover(archive, manifest=pg_url)  # the lease is still live: its work is left alone
@@ -461,7 +453,7 @@ def test_recover_ends_the_claims_of_files_a_dead_committer_never_placed(
     stager = Stager(staging)
     for i in range(5):
         stager.stage(make_ds(i))
-    _killed_commit(staging, archive, pg_url, "commit:after-link:2", host="node-a", lease=1.0)
+    killed_commit(staging, archive, pg_url, "commit:after-link:2", host="node-a", lease=1.0)
     time.sleep(1.5)
     monkeypatch.setenv("DICOMCOMMIT_HOST", "node-b")
     report = recover(archive, manifest=pg_url)

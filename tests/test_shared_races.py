@@ -32,15 +32,7 @@ from dicomcommit.manifests import records as records_module
 from dicomcommit.manifests.copying import copy_manifest
 from dicomcommit.manifests.postgres import PostgresManifest
 from dicomcommit.manifests.records import FOUND_IN_ARCHIVE
-from tests.conftest import archive_files, staged_files, write_foreign
-
-
-def _killed_commit(staging: Path, archive: Path, url: str, crash: str, *, host: str, lease: float) -> None:
-    env = {**os.environ, "DICOMCOMMIT_CRASH_AT": crash, "DICOMCOMMIT_HOST": host,
-           "DICOMCOMMIT_LEASE_SECONDS": str(lease)}  # fmt: skip
-    argv = [sys.executable, "-m", "dicomcommit", "commit", str(staging), str(archive), "--manifest", url]
-    killed = subprocess.run(argv, env=env, capture_output=True, check=False, timeout=120)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+from tests.conftest import archive_files, killed_commit, staged_files, write_foreign
 
 
 def _hosts_by_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,6 +44,33 @@ def _hosts_by_thread(monkeypatch: pytest.MonkeyPatch) -> None:
         return name if name.startswith("node-") else records_module.host_id()
 
     monkeypatch.setattr(postgres_module, "host_id", host_id)
+
+
+def _node_b_paused_before_recording(
+    monkeypatch: pytest.MonkeyPatch, staging: Path, archive: Path, url: str
+) -> tuple[threading.Thread, threading.Event, threading.Event, list[BaseException]]:
+    """A thread "node-b" (not started) that commits *staging* and stops once it has placed its
+    files, before it records them: the event it sets then, the event that lets it go on, and
+    the exceptions it raised."""
+    reached, go = threading.Event(), threading.Event()
+
+    def pausing_point(name: str) -> None:
+        if name == "commit:before-manifest" and threading.current_thread().name == "node-b":
+            reached.set()
+            go.wait(60)
+        real_point(name)
+
+    monkeypatch.setattr(driver_module, "point", pausing_point)
+    _hosts_by_thread(monkeypatch)
+    failures: list[BaseException] = []
+
+    def node_b() -> None:
+        try:
+            commit(staging, archive, manifest=url)
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+
+    return threading.Thread(target=node_b, name="node-b"), reached, go, failures
 
 
 def _rows(archive: Path, url: str) -> list[Any]:
@@ -85,7 +104,7 @@ def test_recover_after_a_takeover_of_a_found_in_archive_row_does_not_wedge_the_h
     stager = Stager(staging)
     stager.stage(make_ds(0))
     stager.stage(make_ds(1))
-    _killed_commit(staging, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=1.0)
+    killed_commit(staging, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=1.0)
     time.sleep(1.5)
     monkeypatch.setenv("DICOMCOMMIT_HOST", "node-b")
     finished = recover(archive, manifest=pg_url)
@@ -113,7 +132,7 @@ def test_a_lease_that_expires_while_recover_runs_does_not_turn_its_files_into_fo
     stager = Stager(staging)
     for i in range(3):
         stager.stage(make_ds(i))
-    _killed_commit(staging, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=3.0)
+    killed_commit(staging, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=3.0)
     killed_at = time.monotonic()
     assert len(archive_files(archive)) == 3
     real_temp_copies = recover_module._temp_copies
@@ -148,27 +167,9 @@ def test_recover_does_not_give_a_live_committers_placement_to_a_dead_claim_with_
     stager_a.stage(make_ds(5))  # linked before the kill
     stager_a.stage(make_ds(0))  # claimed, never placed
     Stager(staging_b).stage(make_ds(0))  # identical bytes, on node-b
-    _killed_commit(staging_a, archive, pg_url, "commit:after-link:1", host="node-a", lease=1.0)
+    killed_commit(staging_a, archive, pg_url, "commit:after-link:1", host="node-a", lease=1.0)
     time.sleep(1.5)
-    placed, go = threading.Event(), threading.Event()
-
-    def pausing_point(name: str) -> None:
-        if name == "commit:before-manifest" and threading.current_thread().name == "node-b":
-            placed.set()
-            go.wait(60)
-        real_point(name)
-
-    monkeypatch.setattr(driver_module, "point", pausing_point)
-    _hosts_by_thread(monkeypatch)
-    failures: list[BaseException] = []
-
-    def node_b() -> None:
-        try:
-            commit(staging_b, archive, manifest=pg_url)
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-
-    b = threading.Thread(target=node_b, name="node-b")
+    b, placed, go, failures = _node_b_paused_before_recording(monkeypatch, staging_b, archive, pg_url)
     real_outcome = recover_module._claimed_outcome
 
     def outcome_after_node_b_linked(*args: Any, **kwargs: Any) -> Any:
@@ -204,27 +205,9 @@ def test_recover_does_not_end_a_dead_claim_whose_file_holds_its_name_because_a_l
     staging_b.mkdir()
     Stager(staging_a).stage(make_ds(0))
     Stager(staging_b).stage(make_ds(0))  # identical bytes, on node-b
-    _killed_commit(staging_a, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=1.0)
+    killed_commit(staging_a, archive, pg_url, "commit:before-manifest:1", host="node-a", lease=1.0)
     time.sleep(1.5)
-    decided, go = threading.Event(), threading.Event()
-
-    def pausing_point(name: str) -> None:
-        if name == "commit:before-manifest" and threading.current_thread().name == "node-b":
-            decided.set()
-            go.wait(60)
-        real_point(name)
-
-    monkeypatch.setattr(driver_module, "point", pausing_point)
-    _hosts_by_thread(monkeypatch)
-    failures: list[BaseException] = []
-
-    def node_b() -> None:
-        try:
-            commit(staging_b, archive, manifest=pg_url)
-        except BaseException as exc:  # reported below
-            failures.append(exc)
-
-    b = threading.Thread(target=node_b, name="node-b")
+    b, decided, go, failures = _node_b_paused_before_recording(monkeypatch, staging_b, archive, pg_url)
     b.start()
     assert decided.wait(60), "node-b did not decide"
     monkeypatch.setenv("DICOMCOMMIT_HOST", "node-c")
