@@ -35,6 +35,26 @@ def host_id() -> str:
     return os.environ.get("DICOMCOMMIT_HOST") or os.uname().nodename
 
 
+def machine_id() -> str:
+    """This boot of this machine and this PID namespace ("" where Linux's /proc does not say)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return f"{boot.read().strip()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process *pid* exists here (a reused pid counts as alive: then the lease expires)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def now() -> str:
     """The current time as the manifest stores it."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
