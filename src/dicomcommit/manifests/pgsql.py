@@ -183,6 +183,12 @@ def claim_of(row: tuple[Any, ...]) -> Claim:
                  os.fsdecode(staging), host, lease)  # fmt: skip
 
 
+def values(r: NewRecord | Record, host: str, time: str) -> tuple[Any, ...]:
+    """A row's values for :data:`COLUMNS` (*time*: when no time of its own)."""
+    return (str(r.status), as_bytes(r.target), as_bytes(r.path), as_bytes(r.source), r.size, r.sha256,
+            r.existing_sha256, as_json(r.attrs), r.run, r.time or time, as_text(r.detail), host)  # fmt: skip
+
+
 def store(conn: psycopg.Connection[tuple[Any, ...]], records: Sequence[NewRecord], host: str) -> None:
     """Inside a transaction: insert *records* (a key stored already keeps its row); fill
     in the hash of a duplicate's unhashed row; let a record that ``claims`` a row take it
@@ -199,29 +205,7 @@ def store(conn: psycopg.Connection[tuple[Any, ...]], records: Sequence[NewRecord
         cur.executemany(
             "UPDATE files SET sha256 = %s WHERE host = %s AND source = %s AND path = %s AND sha256 IS NULL", hashed
         )
-    copy_in(
-        conn,
-        "files_in",
-        COLUMNS,
-        ROW_TYPES,
-        [
-            (
-                str(r.status),
-                as_bytes(r.target),
-                as_bytes(r.path),
-                as_bytes(r.source),
-                r.size,
-                r.sha256,
-                r.existing_sha256,
-                as_json(r.attrs),
-                r.run,
-                r.time or stamp,
-                as_text(r.detail),
-                (host if r.host is None else r.host),
-            )
-            for r in rows
-        ],
-    )
+    copy_in(conn, "files_in", COLUMNS, ROW_TYPES, [values(r, host if r.host is None else r.host, stamp) for r in rows])
     cur.execute(f"INSERT INTO files ({COLUMNS}) SELECT {COLUMNS} FROM files_in ON CONFLICT DO NOTHING")
     takeovers = [
         (
@@ -278,27 +262,7 @@ def load_rows(conn: psycopg.Connection[tuple[Any, ...]], records: Sequence[Recor
     )
     cur.executemany(
         f"INSERT INTO files ({ALL_COLUMNS}) VALUES ({','.join(['%s'] * 16)})",
-        [
-            (
-                r.id,
-                str(r.status),
-                as_bytes(r.target),
-                as_bytes(r.path),
-                as_bytes(r.source),
-                r.size,
-                r.sha256,
-                r.existing_sha256,
-                as_json(r.attrs),
-                r.run,
-                r.time,
-                as_text(r.detail),
-                r.host,
-                r.resolution,
-                r.resolved_by,
-                r.resolved_at,
-            )
-            for r in records
-        ],
+        [(r.id, *values(r, r.host, r.time), r.resolution, r.resolved_by, r.resolved_at) for r in records],
     )
     cur.execute("SELECT setval(pg_get_serial_sequence('files', 'id'), coalesce(max(id), 0) + 1, false) FROM files")
 
