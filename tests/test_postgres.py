@@ -514,3 +514,20 @@ def test_two_staging_directories_of_one_host_with_the_same_file_names_commit_at_
         report = commit(dirs[1], archive, manifest=pg_url)
     assert (report.committed, report.claimed_elsewhere) == (30, 0)
     assert staged_files(dirs[1]) == []
+
+
+def test_copying_to_sqlite_refuses_rows_of_two_hosts_that_share_a_key(
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts ingested the same path with the same bytes: two rows in PostgreSQL, one key
+    in SQLite (which has one host). The copy says so, and leaves the old manifest in use."""
+    tree, archive = tmp_path / "tree", tmp_path / "archive"
+    tree.mkdir()
+    write_foreign(tree / "a.dcm", make_ds(0))
+    for host in ("node-a", "node-b"):
+        monkeypatch.setenv("DICOMCOMMIT_HOST", host)
+        ingest(tree, archive, manifest=pg_url)
+    assert len(_rows(archive, pg_url)) == 2
+    with pytest.raises(ManifestError, match="hosts 'node-a' and 'node-b'"):
+        copy_manifest(pg_url, tmp_path / "one-host.sqlite")
+    assert len(_rows(archive, pg_url)) == 2  # not moved

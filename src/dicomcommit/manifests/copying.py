@@ -49,10 +49,24 @@ def copy_manifest(source: Location, dest: Location) -> Copied:
                 raise ManifestError(f"{old.location} has {len(busy)} files claimed by committers (running, or dead: "
                                     "run recover first); copy it once they are done")  # fmt: skip
             records, runs = old.records(), old.runs()
+            if not new.shared:
+                _one_host_keys(records, new.location)
             new.load(records, runs)
             _verify(records, new.records(), "rows", new.location)
             _verify(runs, new.runs(), "runs", new.location)
         return Copied(old.location, new.location, len(records), len(runs))
+
+
+def _one_host_keys(records: list[Any], where: str) -> None:
+    """An SQLite manifest has one host: its rerun key (source, and sha256 or path) leaves the
+    host out. Refuse rows of two hosts that would share one."""
+    seen: dict[tuple[str, str], str] = {}
+    for record in records:
+        host = seen.setdefault(record.key(), record.host)
+        if host != record.host:
+            raise ManifestError(f"{where} is SQLite, whose rows are keyed by source and hash alone (one host), but "
+                                f"hosts {host!r} and {record.host!r} both have {record.key()[0]!r} with those bytes; "
+                                "keep this manifest in PostgreSQL")  # fmt: skip
 
 
 def _verify(expected: list[Any], found: list[Any], what: str, where: str) -> None:
