@@ -10,7 +10,6 @@ the archive's default file.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from dicomcommit.errors import UsageError
 from dicomcommit.manifests.base import BaseManifest
@@ -101,17 +100,11 @@ def Manifest(  # noqa: N802 -- the public name of 0.1, when it was the SQLite cl
     return open_manifest(archive, manifest=manifest, create=create, durable=durable)
 
 
-def in_state_dir(url: str, archive: Location) -> bool:
-    """Whether the manifest *url* is the archive's default file (in its state directory)."""
-    return not is_shared(url) and Path(url) == default_path(archive)
-
-
 __all__ = [
     "ENV_MANIFEST",
     "BaseManifest",
     "Manifest",
     "SQLiteManifest",
-    "in_state_dir",
     "is_shared",
     "manifest_url",
     "open_manifest",
