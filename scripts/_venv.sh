@@ -21,6 +21,6 @@ stamp=.venv/.dicomcommit-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "scripts: installing dicomcommit and its dev tools into .venv" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,postgresql]'
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
     echo "$want" > "$stamp"
 fi

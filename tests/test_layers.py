@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "dicomcommit.scanning",
             "dicomcommit.synthetic",
             "dicomcommit.checks",
+            "dicomcommit.locations",
             "dicomcommit.dicom.*",
         ),
     ),

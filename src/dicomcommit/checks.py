@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 from dicomcommit.errors import UsageError
+from dicomcommit.locations import is_object_store
 
 
 def check_lock_timeout(timeout: float | None) -> None:
@@ -39,23 +41,29 @@ def check_batch_size(batch_size: int) -> None:
         raise UsageError(f"batch_size must be at least 1, not {batch_size}")
 
 
-def check_dir(path: Path, what: str) -> None:
-    """Check that *path* is a directory.
+def check_dir(path: str | os.PathLike[str], what: str) -> None:
+    """Check that *path* is a directory (an object-store URL passes: the store is asked when used).
 
     Raises:
         UsageError: it does not exist or is not one, naming *what* it is for.
     """
-    if not path.is_dir():
+    if not is_object_store(path) and not Path(path).is_dir():
         raise UsageError(f"{what} {path} does not exist or is not a directory")
 
 
-def check_dirs(staging: Path, archive: Path, *, what: str = "staging directory") -> tuple[Path, Path]:
-    """Check that *staging* is a directory, *archive* is one or is missing, and neither holds the other.
+def check_dirs(
+    staging: Path, archive: str | os.PathLike[str], *, what: str = "staging directory"
+) -> tuple[Path, str | Path]:
+    """Check that *staging* is a directory, *archive* is one or is missing (or is an
+    object-store URL, returned as it is), and neither holds the other.
 
     Raises:
         UsageError: naming which of the two is wrong.
     """
     check_dir(staging, what)
+    if is_object_store(archive):
+        return staging, os.fspath(archive)
+    archive = Path(archive)
     if archive.exists() and not archive.is_dir():
         raise UsageError(f"archive {archive} is not a directory")
     s, a = staging.resolve(), archive.resolve()

@@ -69,6 +69,11 @@ class ArchiveError(FileOpError):
     a read-only filesystem, a state directory that cannot be made."""
 
 
+class ObjectStoreError(ArchiveError):
+    """An object store refused a request, or could not be reached after retries (no such
+    bucket, access denied, a server that keeps failing); nothing staged was lost."""
+
+
 class LockError(ArchiveError):
     """The archive lock cannot be taken at all (permissions, a symlink planted at its path)."""
 

@@ -76,6 +76,11 @@ class BaseArchive(ABC):
             OSError: anything else.
         """
 
+    def prepare(self, placements: list[tuple[Payload, str]]) -> None:  # noqa: B027 -- a hint, empty by default
+        """A hint: the batch will ask :meth:`place` for these (payload, name) pairs first, in
+        this order. An archive whose placements are round trips (an object store) may start
+        them all now; :meth:`place` then answers with their outcome. A directory ignores it."""
+
     @abstractmethod
     def hash(self, rel: str) -> tuple[str, int] | None:
         """(sha256, size) of the file at *rel*; None when nothing is there, or not a regular file."""

@@ -72,7 +72,7 @@ def _say(line: str, out: TextIO) -> None:
     print(printable(line), file=out)
 
 
-def print_summary(report: CommitReport, archive: Path, out: TextIO) -> None:
+def print_summary(report: CommitReport, archive: str | Path, out: TextIO) -> None:
     """Print the counts of *report*, and what to do next."""
     verb = "would be" if report.dry_run else "were"
     _say(f"run {report.run}{' (dry run: nothing changed)' if report.dry_run else ''}", out)
@@ -165,7 +165,7 @@ def _cell(value: object) -> object:
     return printable(value) if isinstance(value, str) else value
 
 
-def print_shown(shown: Shown, archive: Path, out: TextIO) -> None:
+def print_shown(shown: Shown, archive: str | Path, out: TextIO) -> None:
     """Print a row; for a conflict, both files side by side and what differs."""
     r = shown.record
     _say(f"#{r.id} {r.status}: {r.target or '-'}", out)

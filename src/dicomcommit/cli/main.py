@@ -82,6 +82,20 @@ def count(text: str) -> int:
     return value
 
 
+def archive_location(text: str) -> str | Path:
+    """An ARCHIVE argument: ``s3://bucket/prefix`` (kept as text), or a directory.
+
+    Raises:
+        argparse.ArgumentTypeError: a URL of another scheme (it would become a local directory).
+    """
+    scheme, sep, _ = text.partition("://")
+    if not sep or not scheme.isalnum():
+        return Path(text)
+    if scheme.lower() == "s3":
+        return f"s3://{text[len(scheme) + 3 :]}"
+    raise argparse.ArgumentTypeError(f"unknown archive URL {text!r}: a directory, or s3://bucket/prefix")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dicomcommit`` command."""
     parser = _Parser(prog="dicomcommit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,7 +112,9 @@ Subparsers = argparse._SubParsersAction  # argparse exposes no public name for i
 def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
     c = sub.add_parser("commit", help="commit staged files into the archive")
     c.add_argument("staging", type=Path, help="the staging directory")
-    c.add_argument("archive", type=Path, help="the archive root (created if missing)")
+    c.add_argument(
+        "archive", type=archive_location, help="the archive root (created if missing), or s3://bucket/prefix"
+    )
     c.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"final name over DICOM keywords [{DEFAULT_TEMPLATE}]")
     c.add_argument("--on-conflict", choices=ON_CONFLICT_CHOICES, default="record", help="what to do with a conflict")
     c.add_argument("--allow-collisions", action="store_true", help="accept a template without {SOPInstanceUID}")
@@ -115,10 +131,13 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
     )
     _add_lock_options(c)
     _add_manifest_option(c)
+    _add_store_options(c, jobs=True)
 
     i = sub.add_parser("ingest", help="commit an existing tree of DICOM files (copy, or --move)")
     i.add_argument("source", type=Path, help="a tree of files: any names, nested, mixed with other files")
-    i.add_argument("archive", type=Path, help="the archive root (created if missing)")
+    i.add_argument(
+        "archive", type=archive_location, help="the archive root (created if missing), or s3://bucket/prefix"
+    )
     i.add_argument("--move", action="store_true", help="remove each source file once it is committed or recorded")
     i.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"final name over DICOM keywords [{DEFAULT_TEMPLATE}]")
     i.add_argument("--on-conflict", choices=ON_CONFLICT_CHOICES, default="record", help="what to do with a conflict")
@@ -136,6 +155,7 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
     )
     _add_lock_options(i)
     _add_manifest_option(i)
+    _add_store_options(i, jobs=False)
 
 
 def _add_manifest_option(p: _Parser) -> None:
@@ -146,6 +166,15 @@ def _add_manifest_option(p: _Parser) -> None:
         help=f"the manifest: a path, sqlite:///path or postgresql://user@host:port/dbname (many hosts) "
         f"[${ENV_MANIFEST}, else ARCHIVE/.dicomcommit/manifest.sqlite]",
     )
+
+
+def _add_store_options(p: _Parser, *, jobs: bool) -> None:
+    """The options of an object-store archive (s3://bucket/prefix)."""
+    p.add_argument("--endpoint-url", metavar="URL", default=None,
+                   help="the object store's endpoint [$AWS_ENDPOINT_URL, else AWS's]")  # fmt: skip
+    if jobs:
+        p.add_argument("--jobs", type=count, default=None, metavar="N",
+                       help="requests in flight at most, to an object store [16]")  # fmt: skip
 
 
 def _add_lock_options(p: _Parser) -> None:
@@ -162,25 +191,28 @@ def _add_lock_options(p: _Parser) -> None:
 
 def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     r = sub.add_parser("review", help="list manifest rows (conflicts by default)")
-    r.add_argument("archive", type=Path)
+    r.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
     r.add_argument("--status", choices=(*STATUSES, "all"), default="conflict", help="which rows [conflict]")
     r.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format [table]")
     r.add_argument("--json", action="store_const", const="json", dest="format", help="the same as --format json")
     _add_manifest_option(r)
+    _add_store_options(r, jobs=False)  # (review reads only the manifest: accepted, for commands written alike)
 
     s = sub.add_parser("show", help="one manifest row; for a conflict, both files side by side")
-    s.add_argument("archive", type=Path)
+    s.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
     s.add_argument("id", type=int, help="the row id (see review)")
     s.add_argument("--json", action="store_true", help="print JSON")
     _add_manifest_option(s)
+    _add_store_options(s, jobs=False)
 
     rp = sub.add_parser("report", help="write a self-contained HTML page of every open conflict, images included")
-    rp.add_argument("archive", type=Path)
+    rp.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
     rp.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write (replaced if it exists)")
     _add_manifest_option(rp)
+    _add_store_options(rp, jobs=False)
 
     rs = sub.add_parser("resolve", help="decide a conflict: keep the existing file, the staged one, or both")
-    rs.add_argument("archive", type=Path)
+    rs.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
     rs.add_argument("id", type=int, nargs="?", help="the conflict's row id (or --all)")
     rs.add_argument("--keep", choices=KEEP_CHOICES, required=True, help="which file to keep")
     rs.add_argument("--all", action="store_true", help="every open conflict (narrow with --run and --target)")
@@ -188,11 +220,12 @@ def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     rs.add_argument("--target", metavar="GLOB", help="with --all: only conflicts whose target matches (PAT01/*)")
     rs.add_argument("--json", action="store_true", help="print the updated rows as JSON")
     _add_manifest_option(rs)
+    _add_store_options(rs, jobs=False)
 
 
 def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
     rc = sub.add_parser("recover", help="repair an archive (and its staging directory) after a crash")
-    rc.add_argument("archive", type=Path)
+    rc.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
     rc.add_argument("staging", type=Path, nargs="?", help="the staging directory, to finish and tidy too")
     rc.add_argument("--check", action="store_true", help="only report (exit 3 when anything needs attention)")
     rc.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -220,6 +253,7 @@ def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
         help="set a damaged manifest aside (kept) and rebuild its rows from the archive",
     )
     _add_manifest_option(rc)
+    _add_store_options(rc, jobs=True)
 
     d = sub.add_parser("demo", help="stage synthetic datasets from several processes, then commit them")
     d.add_argument("--workers", type=count, default=4, help="stager processes [4]")
@@ -338,6 +372,8 @@ def _commit(args: argparse.Namespace) -> int:
         progress=progress,
         settle=args.settle,
         manifest=args.manifest,
+        endpoint_url=args.endpoint_url,
+        jobs=args.jobs,
     )
     return _print_report(report, args, progress)
 
@@ -359,6 +395,7 @@ def _ingest(args: argparse.Namespace) -> int:
         progress=progress,
         settle=args.settle,
         manifest=args.manifest,
+        endpoint_url=args.endpoint_url,
     )
     return _print_report(report, args, progress)
 
@@ -377,7 +414,7 @@ def _print_report(report: CommitReport, args: argparse.Namespace, progress: _Pro
 def _recover(args: argparse.Namespace) -> int:
     report = recover(args.archive, args.staging, check=args.check, part_age=args.part_age, verify=args.verify,
                      template=args.template, rebuild_manifest=args.rebuild_manifest,
-                     manifest=args.manifest)  # fmt: skip
+                     manifest=args.manifest, endpoint_url=args.endpoint_url, jobs=args.jobs)  # fmt: skip
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         print()
@@ -400,7 +437,7 @@ def _review(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    shown = show(args.archive, args.id, manifest=args.manifest)
+    shown = show(args.archive, args.id, manifest=args.manifest, endpoint_url=args.endpoint_url)
     if args.json:
         json.dump(shown.to_dict(), sys.stdout, indent=2)
         print()
@@ -410,7 +447,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    listed = write_report(args.archive, args.output, manifest=args.manifest)
+    listed = write_report(args.archive, args.output, manifest=args.manifest, endpoint_url=args.endpoint_url)
     print(printable(f"{listed} open conflicts written to {args.output}"))
     return EXIT_OK
 
@@ -421,7 +458,8 @@ def _resolve(args: argparse.Namespace) -> int:
     if not args.all and (args.run or args.target):
         raise UsageError("--run and --target go with --all")
     ids = None if args.all else [args.id]
-    records = resolve_many(args.archive, args.keep, ids=ids, run=args.run, target=args.target, manifest=args.manifest)
+    records = resolve_many(args.archive, args.keep, ids=ids, run=args.run, target=args.target, manifest=args.manifest,
+                           endpoint_url=args.endpoint_url)  # fmt: skip
     if args.json:
         json.dump([r.to_dict() for r in records], sys.stdout, indent=2)
         print()

@@ -91,8 +91,11 @@ def commit(
     progress: Progress | None = None,
     settle: float = DEFAULT_SETTLE,
     manifest: Location | None = None,
+    endpoint_url: str | None = None,
+    jobs: int | None = None,
 ) -> CommitReport:
-    """Commit every staged file in *staging_dir* into *archive_dir*.
+    """Commit every staged file in *staging_dir* into *archive_dir* (a directory, or
+    ``s3://bucket/prefix``: then *manifest* is required).
 
     Args:
         template: the final name, relative to the archive, over DICOM keywords.
@@ -113,6 +116,9 @@ def commit(
             ``postgresql://user@host:port/dbname`` (default: ``$DICOMCOMMIT_MANIFEST``, else
             ``ARCHIVE/.dicomcommit/manifest.sqlite``). With PostgreSQL, committers on many
             hosts commit into one archive at once, and no archive lock is taken.
+        endpoint_url: (an object store) its endpoint, instead of ``$AWS_ENDPOINT_URL`` or
+            the AWS chain's default.
+        jobs: (an object store) requests in flight at most (default 16).
 
     Raises:
         UsageError: bad arguments (TemplateError for the template).
@@ -129,14 +135,14 @@ def commit(
     check_lock_timeout(lock_timeout)
     parsed = parse_template(template, allow_collisions=allow_collisions)
     url = manifest_url(archive_dir, manifest)
-    staging, archive = check_dirs(Path(staging_dir), Path(archive_dir))
+    staging, archive = check_dirs(Path(staging_dir), archive_dir)
     scan = scan_staging(staging)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=scan.skipped)
     for name, reason in scan.skipped:
         log.warning("left in staging: %s (%s)", staging / name, reason)
-    run(StagingDir(staging, settle=settle), open_archive(archive, durable=durable), scan.files, parsed, report,
-        manifest=url, on_conflict=on_conflict, durable=durable, batch_size=batch_size, lock_timeout=lock_timeout,
-        progress=progress)  # fmt: skip
+    store = open_archive(archive, durable=durable, manifest=url, endpoint_url=endpoint_url, jobs=jobs)
+    run(StagingDir(staging, settle=settle), store, scan.files, parsed, report, manifest=url, on_conflict=on_conflict,
+        durable=durable, batch_size=batch_size, lock_timeout=lock_timeout, progress=progress)  # fmt: skip
     return report
 
 
@@ -242,6 +248,8 @@ class _Committer:
             # Bytes first, names after: a name must never point at data a power cut can lose.
             if self.durable:
                 self.source.flush([staged.name for staged in batch if staged.unsynced])
+            if self.on_conflict != "error":  # (which stops at a conflict: nothing is sent past it)
+                self.archive.prepare(self._first_placements(batch))
             for staged in batch:
                 record = self._guarded(staged.name, partial(self._outcome, staged))
                 if record is not None:
@@ -290,6 +298,17 @@ class _Committer:
                 self.report.claimed_elsewhere += 1
                 log.info("%s: claimed by another committer, which commits it", self.source.root / staged.name)
         return mine
+
+    def _first_placements(self, batch: list[Staged]) -> list[tuple[Payload, str]]:
+        """The name each file of *batch* asks for first (its target), for the archive to start
+        at once; a target two files want is asked for by the first one only (the second asks
+        after it, as the decision needs)."""
+        first_of: dict[str, Staged] = {}
+        for staged in batch:
+            target = None if staged.left is not None else self._target(staged)
+            if target is not None:
+                first_of.setdefault(target, staged)
+        return [(self._payload(staged), target) for target, staged in first_of.items()]
 
     def _guarded(self, name: str, step: Callable[[], _T]) -> _T:
         """Run *step* for the file *name*, turning OS errors into the source's error naming it."""
@@ -393,8 +412,7 @@ class _Committer:
     def _place(self, staged: Staged, rel: str) -> Placed:
         # The archive never shares an inode with a tree ingest copies from (nor, a file that
         # has other hard links is copied, with any name outside the archive).
-        payload = Payload(self.source.dir_fd, staged.name, self.root, staged.nlink, self.source.copies,
-                          partial(staged.open, self.source.dir_fd))  # fmt: skip
+        payload = self._payload(staged)
         try:
             placed = self.archive.place(payload, rel)
         except DicomCommitError:
@@ -411,6 +429,10 @@ class _Committer:
         if placed is Placed.CREATED:
             point("commit:after-link")
         return placed
+
+    def _payload(self, staged: Staged) -> Payload:
+        return Payload(self.source.dir_fd, staged.name, self.root, staged.nlink, self.source.copies,
+                       partial(staged.open, self.source.dir_fd))  # fmt: skip
 
     def _journal_was_wrong(self, staged: Staged) -> NewRecord | None:
         """The journal's line does not describe these bytes (edited after staging, or a false

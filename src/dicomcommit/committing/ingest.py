@@ -48,8 +48,10 @@ def ingest(
     progress: Progress | None = None,
     settle: float | None = None,
     manifest: str | os.PathLike[str] | None = None,
+    endpoint_url: str | None = None,
 ) -> CommitReport:
-    """Commit every DICOM file below *source_dir* into *archive_dir*.
+    """Commit every DICOM file below *source_dir* into *archive_dir* (a directory, or
+    ``s3://bucket/prefix`` with a *manifest*; its requests in flight are the default 16).
 
     Args:
         move: remove each source file once its bytes are committed or recorded (default:
@@ -81,13 +83,14 @@ def ingest(
     check_seconds("settle", settle)
     parsed = parse_template(template, allow_collisions=allow_collisions)
     url = manifest_url(archive_dir, manifest)
-    source, archive = check_dirs(Path(source_dir), Path(archive_dir), what="source")
+    source, archive = check_dirs(Path(source_dir), archive_dir, what="source")
     # A source tree is no staging directory: a file named *.part there is just a name.
     scan = scan_staging(source, include_hidden=True, skip_parts=False)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=list(scan.skipped))
     described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
     tree = SourceTree(source, settle=settle, move=move, described=described or {})
-    run(tree, open_archive(archive, durable=durable), scan.files, parsed, report, manifest=url,
+    store = open_archive(archive, durable=durable, manifest=url, endpoint_url=endpoint_url)
+    run(tree, store, scan.files, parsed, report, manifest=url,
         on_conflict=on_conflict, durable=durable, batch_size=batch_size, lock_timeout=lock_timeout,
         progress=progress)  # fmt: skip
     return report

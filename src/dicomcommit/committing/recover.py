@@ -48,6 +48,7 @@ from dicomcommit.dicom.headers import NotDicom, read_attrs
 from dicomcommit.errors import ArchiveError, UsageError
 from dicomcommit.hashing import hash_file, sha256_at
 from dicomcommit.layout import CONFLICTS_DIR, INVALID_DIR, PART_SUFFIX, TMP_DIR
+from dicomcommit.locations import is_object_store
 from dicomcommit.manifests import BaseManifest, Location, is_shared, manifest_url, open_manifest
 from dicomcommit.manifests.records import FOUND_IN_ARCHIVE, Claim, NewRecord, Record, Status, new_run_id, now
 from dicomcommit.naming import DEFAULT_TEMPLATE, Template, derived_name, parse_template
@@ -100,6 +101,8 @@ def recover(
     lock_timeout: float | None = None,
     rebuild_manifest: bool = False,
     manifest: Location | None = None,
+    endpoint_url: str | None = None,
+    jobs: int | None = None,
 ) -> RecoverReport:
     """Reconcile *archive_dir* (and *staging_dir*) after a crash; see the module docstring.
 
@@ -113,13 +116,15 @@ def recover(
         rebuild_manifest: set the manifest aside and rebuild it from the archive (for a
             damaged one); *template* then names conflicts (default: the default template).
         manifest: where the manifest is (see :func:`dicomcommit.commit`).
+        endpoint_url, jobs: for an object-store archive (``s3://bucket/prefix``), as for
+            :func:`dicomcommit.commit`; it is reconciled with a listing of its prefix.
 
     Raises:
         UsageError: a directory does not exist; *rebuild_manifest* with a PostgreSQL manifest.
         LockTimeout: the archive lock was not acquired in *lock_timeout* seconds.
         ManifestDamaged: the manifest is damaged (and *rebuild_manifest* was not given).
     """
-    archive = Path(archive_dir)
+    archive = archive_dir if is_object_store(archive_dir) else Path(archive_dir)
     staging = None if staging_dir is None else Path(staging_dir)
     check_dir(archive, "archive")
     if staging is not None:
@@ -127,7 +132,7 @@ def recover(
     check_seconds("part_age", part_age)
     url = manifest_url(archive, manifest)
     report = RecoverReport(check=check)
-    store = open_archive(archive)
+    store = open_archive(archive, manifest=url, endpoint_url=endpoint_url, jobs=jobs)
     lock: AbstractContextManager[None] = nullcontext() if is_shared(url) else store.lock(lock_timeout)
     if rebuild_manifest and is_shared(url):
         raise UsageError("--rebuild-manifest rebuilds a damaged SQLite manifest from the archive; "
@@ -136,7 +141,8 @@ def recover(
         with lock:
             report.set_aside = rebuild(store, template or DEFAULT_TEMPLATE, url)
     with open_manifest(archive, manifest=url, create=True) as opened, store:
-        _finish_resolves(archive, opened, url, check=check, report=report, lock_timeout=lock_timeout)
+        _finish_resolves(archive, opened, url, check=check, report=report, lock_timeout=lock_timeout,
+                         endpoint_url=endpoint_url)  # fmt: skip
         with opened.exclusive():
             _finish_claims(store, opened, check=check, report=report)
         if staging is not None:
@@ -150,7 +156,14 @@ def recover(
 
 
 def _finish_resolves(
-    archive: Path, manifest: BaseManifest, url: str, *, check: bool, report: RecoverReport, lock_timeout: float | None
+    archive: str | os.PathLike[str],
+    manifest: BaseManifest,
+    url: str,
+    *,
+    check: bool,
+    report: RecoverReport,
+    lock_timeout: float | None,
+    endpoint_url: str | None,
 ) -> None:
     """Decisions a killed ``resolve`` recorded (it records each before touching a file) but
     did not finish: carried out now, as decided."""
@@ -158,7 +171,8 @@ def _finish_resolves(
         if row.resolution in KEEP_CHOICES:
             report.resolves_finished.append(f"#{row.id} {row.target} (--keep {row.resolution})")
             if not check:
-                resolve(archive, row.id, row.resolution, lock_timeout=lock_timeout, manifest=url)
+                resolve(archive, row.id, row.resolution, lock_timeout=lock_timeout, manifest=url,
+                        endpoint_url=endpoint_url)  # fmt: skip
 
 
 def _finish_linked(

@@ -47,9 +47,10 @@ def resolve(
     *,
     lock_timeout: float | None = None,
     manifest: Location | None = None,
+    endpoint_url: str | None = None,
 ) -> Record:
     """Resolve the conflict *record_id* by keeping *keep*; returns the updated row (the
-    manifest at *manifest*, as for :func:`dicomcommit.commit`).
+    manifest at *manifest*, and *endpoint_url*, as for :func:`dicomcommit.commit`).
 
     Raises:
         UsageError: *keep* is not a choice, or the row is not an open conflict.
@@ -57,7 +58,8 @@ def resolve(
         LockTimeout, LockError: the archive lock was not taken.
         ResolveError: an operation on the archive failed; rerun to finish.
     """
-    return resolve_many(archive_dir, keep, ids=[record_id], lock_timeout=lock_timeout, manifest=manifest)[0]
+    return resolve_many(archive_dir, keep, ids=[record_id], lock_timeout=lock_timeout, manifest=manifest,
+                        endpoint_url=endpoint_url)[0]  # fmt: skip
 
 
 def resolve_many(
@@ -69,6 +71,7 @@ def resolve_many(
     target: str | None = None,
     lock_timeout: float | None = None,
     manifest: Location | None = None,
+    endpoint_url: str | None = None,
 ) -> list[Record]:
     """Resolve several conflicts the same way: the rows *ids*, or every open conflict
     (filtered by commit *run* and by a *target* glob such as ``PAT01/*``).
@@ -79,7 +82,7 @@ def resolve_many(
     if keep not in KEEP_CHOICES:
         raise UsageError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
     url = manifest_url(archive_dir, manifest)
-    archive = open_archive(archive_dir)
+    archive = open_archive(archive_dir, manifest=url, endpoint_url=endpoint_url)
     lock: AbstractContextManager[None] = nullcontext() if is_shared(url) else archive.lock(lock_timeout)
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     done = []
@@ -174,8 +177,9 @@ def _keep_both(archive: BaseArchive, row: Record, manifest: BaseManifest, who: s
 
 def _keep_staged(archive: BaseArchive, row: Record, manifest: BaseManifest, who: str) -> None:
     assert row.target is not None
-    if row.status is not Status.CONFLICT:
-        return  # carried out and recorded
+    if row.status is not Status.CONFLICT:  # carried out and recorded
+        _drop_conflict_copy(archive, row, manifest)
+        return
     current = archive.sha256(row.target)
     old = current if current not in (None, row.sha256) else row.existing_sha256
     replaced = "/".join((*REPLACED_DIR, f"{old}.dcm"))
@@ -203,6 +207,8 @@ def _keep_staged(archive: BaseArchive, row: Record, manifest: BaseManifest, who:
                         **_stamp("staged", who))  # fmt: skip
         _repoint_duplicates(manifest, row, row.target)
     point("resolve:after-manifest")
+    # A rename consumed it; an object store's replace is a write then a delete, which a crash can split.
+    _drop_conflict_copy(archive, row, manifest)
 
 
 _ACTIONS: dict[Keep, Callable[[BaseArchive, Record, BaseManifest, str], None]] = {

@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 
 from dicomcommit.errors import UsageError
+from dicomcommit.locations import POSTGRES_SCHEMES, is_object_store, is_shared
 from dicomcommit.manifests.base import BaseManifest
 from dicomcommit.manifests.sqlite import SQLiteManifest, default_path, set_aside
 
 #: The environment variable that names the manifest when ``--manifest`` is not given.
 ENV_MANIFEST = "DICOMCOMMIT_MANIFEST"
-_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 Location = str | os.PathLike[str]
 
@@ -28,12 +28,17 @@ def manifest_url(archive: Location, manifest: Location | None = None) -> str:
     archive's default SQLite file. An SQLite location comes back as a plain path.
 
     Raises:
-        UsageError: a URL of another scheme, or an ``sqlite:`` URL that is not ``sqlite:///path``.
+        UsageError: a URL of another scheme, or an ``sqlite:`` URL that is not ``sqlite:///path``;
+            no manifest given for an object-store archive (it has no default file).
     """
     given = os.fspath(manifest) if manifest is not None else os.environ.get(ENV_MANIFEST) or None
     if given is None or given == "":
+        if is_object_store(archive):
+            raise UsageError(f"an object-store archive ({archive}) keeps no manifest on the store: give "
+                             "--manifest (an SQLite file on this host, or postgresql://user@host/dbname for "
+                             "many hosts)")  # fmt: skip
         return str(default_path(archive))
-    if given.startswith(_POSTGRES_SCHEMES):
+    if given.startswith(POSTGRES_SCHEMES):
         return given
     if given.startswith("sqlite:"):
         path = given.removeprefix("sqlite://")
@@ -44,11 +49,6 @@ def manifest_url(archive: Location, manifest: Location | None = None) -> str:
     if sep and scheme.isalnum():
         raise UsageError(f"unknown manifest URL {given!r}: a path, sqlite:///path or postgresql://user@host/dbname")
     return given
-
-
-def is_shared(url: str) -> bool:
-    """Whether the manifest *url* (from :func:`manifest_url`) is one many hosts share (PostgreSQL)."""
-    return url.startswith(_POSTGRES_SCHEMES)
 
 
 def open_manifest(
@@ -95,7 +95,7 @@ def Manifest(  # noqa: N802 -- the public name of 0.1, when it was the SQLite cl
     """The manifest of *archive* (at *manifest*, ``$DICOMCOMMIT_MANIFEST`` or the default
     file), as :func:`open_manifest`; or the manifest *archive* itself when it is a URL
     (``Manifest("postgresql://...")``)."""
-    if manifest is None and os.fspath(archive).startswith((*_POSTGRES_SCHEMES, "sqlite:")):
+    if manifest is None and os.fspath(archive).startswith((*POSTGRES_SCHEMES, "sqlite:")):
         archive, manifest = ".", archive
     return open_manifest(archive, manifest=manifest, create=create, durable=durable)
 

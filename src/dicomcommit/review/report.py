@@ -33,9 +33,11 @@ def write_report(
     output: str | os.PathLike[str],
     *,
     manifest: str | os.PathLike[str] | None = None,
+    endpoint_url: str | None = None,
 ) -> int:
     """Write the HTML report of every open conflict of *archive_dir* (recorded in the
-    manifest at *manifest*, as for :func:`dicomcommit.commit`) to *output*.
+    manifest at *manifest*, as for :func:`dicomcommit.commit`; *endpoint_url* for an object
+    store) to *output*.
 
     Returns the number of conflicts listed.
 
@@ -45,7 +47,7 @@ def write_report(
     """
     with open_manifest(archive_dir, manifest=manifest) as opened:
         conflicts = opened.records(Status.CONFLICT)
-    with open_archive(archive_dir) as archive:
+    with open_archive(archive_dir, endpoint_url=endpoint_url) as archive:
         sections = [_section(archive, row) for row in conflicts]
     page = _PAGE.format(
         title=html.escape(f"dicomcommit: {len(conflicts)} open conflicts in {archive.location}"),

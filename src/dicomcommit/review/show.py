@@ -72,9 +72,15 @@ class Shown:
         }
 
 
-def show(archive_dir: str | Path, record_id: int, *, manifest: str | os.PathLike[str] | None = None) -> Shown:
-    """The row *record_id* (of the manifest at *manifest*, as for :func:`dicomcommit.commit`);
-    for an open conflict, both files and their differences.
+def show(
+    archive_dir: str | Path,
+    record_id: int,
+    *,
+    manifest: str | os.PathLike[str] | None = None,
+    endpoint_url: str | None = None,
+) -> Shown:
+    """The row *record_id* (of the manifest at *manifest*, as for :func:`dicomcommit.commit`;
+    *endpoint_url* for an object store); for an open conflict, both files and their differences.
 
     Raises:
         ManifestError: no manifest, or no such row.
@@ -83,7 +89,7 @@ def show(archive_dir: str | Path, record_id: int, *, manifest: str | os.PathLike
         record = opened.get(record_id)
     shown = Shown(record)
     if record.status is Status.CONFLICT and record.target is not None:
-        with open_archive(archive_dir) as archive:
+        with open_archive(archive_dir, endpoint_url=endpoint_url) as archive:
             shown.existing = _info(archive, record.target)
             shown.staged = _info(archive, record.path)
             shown.diff = diff_loaded(load(Path(record.target), archive), load(Path(record.path), archive))
@@ -121,7 +127,7 @@ def warnings_logged(path: str | os.PathLike[str]) -> Iterator[None]:
 class Loaded:
     """A DICOM file read whole with each element's value converted, or why it could not be."""
 
-    path: Path
+    path: str  # for messages: a local path, or the archive's location and the name in it
     dataset: Dataset | None = None
     elements: dict[int, Any] = field(default_factory=dict)
     error: str | None = None
@@ -133,7 +139,7 @@ def load(path: Path, archive: BaseArchive | None = None) -> Loaded:
 
     Never raises for a file that cannot be read: ``error`` says why.
     """
-    shown = path if archive is None else Path(archive.location) / path
+    shown = str(path) if archive is None else f"{archive.location}/{path.as_posix()}"
     with warnings_logged(shown):
         try:
             if archive is None:
