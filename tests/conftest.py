@@ -20,6 +20,8 @@ from pydicom.dataset import Dataset
 
 from dicomcommit.synthetic import synthetic_dataset
 from tests.pg_server import PostgresServer
+from tests.s3_proxy import FaultProxy
+from tests.s3_server import MotoServer
 
 ROOT = "1.2.826.0.1.3680043.10.1234"
 
@@ -153,3 +155,25 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServ
 def pg_url(pg_server: PostgresServer) -> str:
     """A fresh, empty database on the session's server, as a postgresql:// URL."""
     return pg_server.create_database()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 server process for the whole session (tests/s3_server.py).
+
+    Never skipped: without boto3 this file does not import, and without moto[server] starting fails, saying so."""
+    with MotoServer(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer) -> str:
+    """A fresh, empty, versioned bucket on the session's S3 server."""
+    return s3_server.create_bucket()
+
+
+@pytest.fixture
+def s3_proxy(s3_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy process in front of the session's S3 server, with no rules (tests/s3_proxy.py)."""
+    with FaultProxy(s3_server.port, tmp_path_factory.mktemp("s3proxy")) as proxy:
+        yield proxy

@@ -37,7 +37,8 @@ Control protocol, on the proxy's own port (paths under ``/__proxy__/`` are never
 ``"forwarded 200"``, ``"status 409"``, ``"timeout"``, ``"dropped 200"`` or ``"upstream error"``.
 
 This module also holds the standard-library helpers both test servers use to start a child process on a socket
-we bound for it (no race for a free port) and to wait until it answers.
+we bound for it (no race for a free port), to wait until it answers, and to have it exit when the test process
+is gone (even SIGKILLed).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,12 +106,12 @@ def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 def spawn(module: str, args: list[str], sock: socket.socket, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """``python -m module --fd N *args`` from the repository's root, inheriting the listening *sock* as fd N,
-    its output appended to *log*. Our copy of the socket is closed: the child owns it from now on."""
+    """``python -m module --fd N --parent PID *args`` from the repository's root, inheriting the listening *sock*
+    as fd N, its output appended to *log*. Our copy of the socket is closed: the child owns it from now on."""
     try:
         with log.open("ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", module, "--fd", str(sock.fileno()), *args],
+                [sys.executable, "-m", module, "--fd", str(sock.fileno()), "--parent", str(os.getpid()), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -156,6 +158,30 @@ def end(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGTERM) -> 
     proc.wait()
 
 
+def exit_with_parent(parent: int) -> None:
+    """In a child: exit as soon as *parent* (the test process) is gone, even if it was SIGKILLed and could not
+    stop us — a test run killed by a timeout must not leave servers behind."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def child_arguments(description: str, *extra: tuple[str, dict[str, Any]]) -> argparse.Namespace:
+    """A child's command line: ``--fd`` (the inherited listening socket), ``--parent`` and *extra* options."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--fd", type=int, required=True, help="a listening TCP socket inherited from the parent")
+    parser.add_argument("--parent", type=int, required=True, help="the test process: we exit when it is gone")
+    for name, options in extra:
+        parser.add_argument(name, **options)
+    args = parser.parse_args()
+    exit_with_parent(args.parent)
+    return args
+
+
 def log_tail(log: Path, lines: int = 30) -> str:
     try:
         tail = log.read_text(errors="replace").splitlines()[-lines:]
@@ -174,7 +200,7 @@ def aws_env(endpoint: str, base: dict[str, str] | None = None) -> dict[str, str]
     env.update(
         AWS_ENDPOINT_URL=endpoint,
         AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_SECRET_ACCESS_KEY="testing",  # noqa: S106 -- moto's conventional dummy, no secret
         AWS_DEFAULT_REGION="us-east-1",
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
@@ -409,9 +435,10 @@ class Proxy:
                     break
                 if not await self.serve(request, reader, writer):
                     break
-        except (BadMessage, ValueError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as error:
-            if not isinstance(error, ConnectionError | asyncio.IncompleteReadError):
-                print(f"s3_proxy: closing a client connection: {error!r}", file=sys.stderr, flush=True)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away: nothing to tell
+        except (BadMessage, ValueError, asyncio.LimitOverrunError) as error:
+            print(f"s3_proxy: closing a client connection: {error!r}", file=sys.stderr, flush=True)
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
@@ -520,10 +547,8 @@ async def serve_forever(sock: socket.socket, upstream_host: str, upstream_port: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="the fault-injecting proxy of tests/s3_proxy.py (a child process)")
-    parser.add_argument("--fd", type=int, required=True, help="a listening TCP socket inherited from the parent")
-    parser.add_argument("--upstream", required=True, help="HOST:PORT of the S3 server to forward to")
-    args = parser.parse_args()
+    upstream = ("--upstream", {"required": True, "help": "HOST:PORT of the S3 server to forward to"})
+    args = child_arguments("the fault-injecting proxy of tests/s3_proxy.py (a child process)", upstream)
     host, _, port = args.upstream.rpartition(":")
     sock = socket.socket(fileno=args.fd)
     asyncio.run(serve_forever(sock, host, int(port)))

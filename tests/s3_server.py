@@ -1,8 +1,8 @@
 """A throwaway S3-compatible server for tests: moto's S3 backend in a process of its own, on loopback.
 
-The child process (``python -m tests.s3_server --fd N``) serves moto's S3 app alone with werkzeug's threaded
-server, instead of the ``moto_server`` command's dispatcher, which costs ~3.5 ms of CPU per request looking for
-the service among every moto module. Requests are path-style (``PUT /bucket/key``); moto keeps everything in
+The child process (``python -m tests.s3_server --fd N --parent PID``) serves moto's S3 app alone with werkzeug's
+threaded server, instead of the ``moto_server`` command's dispatcher, which costs ~3.5 ms of CPU per request
+looking for the service among every moto module. Requests are path-style (``PUT /bucket/key``); moto keeps everything in
 memory (bodies spill to temporary files under the server's directory), so :meth:`MotoServer.kill` loses it all.
 
 Moto checks a conditional write (``If-None-Match: *``, ``If-Match``) and then writes, with nothing held between
@@ -17,7 +17,7 @@ Everything lives under the directory it is given: ``moto.log`` (the server's out
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import io
 import logging
 import os
@@ -25,7 +25,7 @@ import signal
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -34,10 +34,10 @@ import boto3
 import botocore.config
 import botocore.session
 
-from tests.s3_proxy import aws_env, end, listening_socket, spawn, wait_answering
+from tests.s3_proxy import aws_env, child_arguments, end, listening_socket, spawn, wait_answering
 
 REGION = "us-east-1"
-KEY = SECRET = "testing"  # moto accepts any credentials; these are the conventional dummies
+KEY = SECRET = "testing"  # noqa: S105 -- moto accepts any credentials; these are the conventional dummies
 
 _session_lock = threading.Lock()
 _session: boto3.session.Session | None = None
@@ -111,6 +111,8 @@ class MotoServer:
         """Start the server and wait until it answers HTTP (moto's import takes a second or two)."""
         if self.running:
             return
+        if importlib.util.find_spec("moto") is None:
+            raise RuntimeError("the S3 tests need moto[server]: install the dev extras, pip install -e '.[dev]'")
         tmp = self.base / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         # The port is bound here and the socket inherited, so no other process can take it before moto serves.
@@ -123,15 +125,20 @@ class MotoServer:
 
     def stop(self) -> None:
         """Terminate the server and wait for it."""
-        if self._proc is not None:
-            end(self._proc)
-            self._proc = None
+        self._end(signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would, and reap it (every bucket and object is gone)."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, sig: signal.Signals) -> None:
         if self._proc is not None:
-            end(self._proc, signal.SIGKILL)
+            end(self._proc, sig)
             self._proc = None
+        with self._client_lock:  # its pooled sockets would otherwise warn (ResourceWarning) when collected
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """A child process's whole environment to reach this server through the standard AWS chain:
@@ -223,7 +230,7 @@ def serve(fd: int, *, atomic: bool) -> None:
     from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app  # noqa: PLC0415
     from werkzeug.serving import make_server  # noqa: PLC0415
 
-    class QuietHandler(MotoRequestHandler):  # type: ignore[misc]  # moto is untyped
+    class QuietHandler(MotoRequestHandler):
         def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
             """No line per request: it costs CPU and says nothing a test needs."""
 
@@ -235,11 +242,9 @@ def serve(fd: int, *, atomic: bool) -> None:
     server.serve_forever()
 
 
-def main(argv: Iterator[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="moto's S3 alone, for tests/s3_server.py (a child process)")
-    parser.add_argument("--fd", type=int, required=True, help="a listening TCP socket inherited from the parent")
-    parser.add_argument("--concurrent", action="store_true", help="let moto run requests at once (not atomic)")
-    args = parser.parse_args(None if argv is None else list(argv))
+def main() -> None:
+    concurrent = ("--concurrent", {"action": "store_true", "help": "let moto run requests at once (not atomic)"})
+    args = child_arguments("moto's S3 alone, for tests/s3_server.py (a child process)", concurrent)
     serve(args.fd, atomic=not args.concurrent)
 
 

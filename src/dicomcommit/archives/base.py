@@ -90,6 +90,11 @@ class BaseArchive(ABC):
         found = self.hash(rel)
         return None if found is None else found[0]
 
+    def known_sha256(self, rel: str) -> str | None:
+        """The hash of what this archive just placed at *rel*, when it knows it without reading
+        anything (an object store hashes what it uploads); None otherwise (a link reads nothing)."""
+        return None
+
     @abstractmethod
     def size(self, rel: str) -> int | None:
         """The size of the regular file at *rel*; None when nothing (or no regular file) is there."""

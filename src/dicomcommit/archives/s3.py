@@ -68,7 +68,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     """
     rest = url.removeprefix(OBJECT_STORE_SCHEMES[0])
     bucket, _, prefix = rest.partition("/")
-    prefix = prefix.strip("/")
+    prefix = prefix.rstrip("/")  # (a leading "/" would be an empty component: refused below)
     if not bucket:
         raise UsageError(f"an object-store archive is s3://bucket/prefix, not {url!r}")
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
@@ -129,7 +129,7 @@ class S3Archive(BaseArchive):
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
             code, message = error.get("Code", "?"), error.get("Message", "")
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or (code == "404" and not rel):  # a HEAD of the bucket has no body
                 return ObjectStoreError(f"cannot {doing}: no bucket {self.bucket!r} on this endpoint", where)
             return ObjectStoreError(f"cannot {doing}: the object store answered {code} ({message})", where)
         return ObjectStoreError(f"cannot {doing}: {exc}", where)
@@ -181,6 +181,10 @@ class S3Archive(BaseArchive):
         data = self._download(rel)  # written by another tool: no hash on it, so it is read
         return hashlib.sha256(data).hexdigest(), len(data)
 
+    def known_sha256(self, rel: str) -> str | None:
+        found = self._objects.get(rel)
+        return None if found is None else found.sha256
+
     def size(self, rel: str) -> int | None:
         if rel not in self._objects and self._listed is not None:
             return self._listed.get(rel)
@@ -218,6 +222,8 @@ class S3Archive(BaseArchive):
         self.remove(src)
 
     def remove(self, rel: str) -> None:
+        if rel in self._objects and self._objects[rel] is None:
+            return  # known gone this batch: a versioned bucket would gain a delete marker for nothing
         self._call("remove the object", rel, self._client.delete_object, Key=self._key(rel))
         self._objects[rel] = None
         if self._listed is not None:
@@ -387,29 +393,28 @@ class S3Archive(BaseArchive):
             for number, chunk in enumerate(_chunks(fd, size, self.part_size), start=1):
                 digest.update(chunk)
                 checksum = _b64(hashlib.sha256(chunk).digest())
-                part = self._client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                                Body=chunk, ChecksumSHA256=checksum)  # fmt: skip
+                part = client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                          Body=chunk, ChecksumSHA256=checksum)  # fmt: skip
                 parts.append({"PartNumber": number, "ETag": part["ETag"], "ChecksumSHA256": checksum})
             if digest.hexdigest() != sha256:
-                raise ObjectStoreError("the file changed while it was uploaded; nothing placed", key)
+                where = f"{self.location}/{self._rel(key)}"
+                raise ObjectStoreError("the file changed while it was uploaded; nothing placed", where)
             try:
                 done = client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                         MultipartUpload={"Parts": parts}, **condition)  # fmt: skip
-                etag = str(done["ETag"])
             except ClientError as exc:
                 if _code(exc) != "NoSuchUpload":
                     raise
-                # A completion whose reply was lost, retried: the upload is gone because it completed.
-                found = self._fetch(self._rel(key))
-                if found is None or found.sha256 != sha256:
-                    raise
-                etag = found.etag
+                # A completion retried after its reply was lost: the upload is gone because it completed.
+                # Whose object holds the key is for a HEAD, and the decision, to say, as after any 412.
+                upload_id = ""
+                raise _Taken from exc
             upload_id = ""
-            return etag
+            return str(done["ETag"])
         finally:
             if upload_id:
                 try:
-                    self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                    client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
                 except (ClientError, BotoCoreError) as exc:  # the store expires it by its lifecycle rules
                     log.warning("could not abort the multipart upload of %s: %s", key, exc)
 

@@ -428,6 +428,8 @@ class _Committer:
             raise self.source.failure(f"cannot link {payload.path} ({exc.strerror})", where, exc) from exc
         if placed is Placed.CREATED:
             point("commit:after-link")
+            if staged.sha256 is None:  # an object store hashed the bytes it sent: the row gets it
+                staged.sha256 = self.archive.known_sha256(rel)
         return placed
 
     def _payload(self, staged: Staged) -> Payload:
