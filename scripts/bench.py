@@ -5,9 +5,12 @@
     .venv/bin/python scripts/bench.py --quick    # smoke run (seconds)
     .venv/bin/python scripts/bench.py --json     # machine-readable
     .venv/bin/python scripts/bench.py --only pg  # the PostgreSQL manifest's rows only
+    .venv/bin/python scripts/bench.py --only s3  # the object-store archive's rows only
 
 The PostgreSQL manifest's rows (scripts/_bench_pg.py) run on a throwaway server of their own
-(tests/pg_server.py); without PostgreSQL's binaries, or with --no-pg, they are skipped.
+(tests/pg_server.py); without PostgreSQL's binaries, or with --no-pg, they are skipped. The
+object-store rows (scripts/_bench_s3.py) run against moto on loopback (tests/s3_server.py)
+through the fault proxy (tests/s3_proxy.py), which adds 20 ms to every request; --no-s3 skips them.
 
 Every variant runs on fresh directories, and nothing is deleted until the end: on some
 filesystems, deleting thousands of files slows later file creation for a while, which
@@ -35,6 +38,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 import _bench_pg
+import _bench_s3
 from dicomcommit import Stager, commit
 from dicomcommit.manifests.sqlite import SQLiteManifest as Manifest
 from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
@@ -366,6 +370,24 @@ def bench_pg(bench: Bench, n: int) -> list[Row]:
     ]  # fmt: skip
 
 
+def bench_s3(bench: Bench, n: int, loop_files: int) -> tuple[list[Row], dict[str, Any]]:
+    """Committing tiny files into an object store, against a sequential ``put_object`` loop,
+    with 20 ms added to every request, and with none; and the CPU each side spends per file."""
+    kind = "tiny"
+    items = datasets(kind, n)
+    rows = []
+    with _bench_s3.store(bench) as (server, proxy):
+        for delay in (20, 0):
+            r = _bench_s3.vs_put_loop(bench, server, proxy, items, delay_ms=delay, loop_files=loop_files)
+            loop = f"put_object loop, {delay} ms added"
+            ratio = r["ours"] / r["loop"]
+            target = (">= 10x", ratio >= 10) if delay else ("", None)
+            rows += [Row(loop, kind, loop_files, r["loop"]),
+                     Row(f"commit into S3, {delay} ms added", kind, n, r["ours"], loop, ratio, *target)]  # fmt: skip
+        cpu = _bench_s3.client_cpu_per_file(proxy, server, bench, items)
+    return rows, cpu
+
+
 # --- the run ---------------------------------------------------------------------------
 
 
@@ -375,10 +397,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load = os.getloadavg()[0]  # other work on the machine skews every figure, ratios of processes most
     with tempfile.TemporaryDirectory(prefix="dicomcommit-bench-", dir=args.dir) as tmp:
         bench = Bench(Path(tmp), args.runs)
-        if args.only != "pg":
+        if args.only is None:
             rows += run_files(bench, args, extra)
-        if args.no_pg:
-            extra["pg_skipped"] = "--no-pg"
+        if args.no_s3 or args.only == "pg":
+            extra["s3_skipped"] = "--no-s3" if args.no_s3 else "--only pg"
+        else:
+            try:
+                s3_rows, extra["s3_cpu"] = bench_s3(bench, args.s3_files or args.files, args.s3_loop_files)
+                rows += s3_rows
+            except _bench_s3.Unavailable as exc:
+                extra["s3_skipped"] = str(exc)
+        if args.no_pg or args.only == "s3":
+            extra["pg_skipped"] = "--no-pg" if args.no_pg else "--only s3"
         else:
             try:
                 rows += bench_pg(bench, args.pg_files or args.files)
@@ -386,7 +416,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 extra["pg_skipped"] = str(exc)
         shutil.rmtree(tmp, ignore_errors=True)  # deleting is left to the very end
     extra["load_average"] = {"cpus": os.cpu_count(), "start": load, "end": os.getloadavg()[0]}
-    dropped = None if args.only == "pg" else bench.cache_dropped  # (None: no run writes from a cold cache)
+    dropped = None if args.only is not None else bench.cache_dropped  # (None: no run writes from a cold cache)
     return {"runs": args.runs, "page_cache_dropped": dropped, "rows": [asdict(r) for r in rows], **extra}
 
 
@@ -433,6 +463,12 @@ def print_table(result: dict[str, Any]) -> None:
               f"{r['baseline']:<28} {r['target']:<14} {ok}")  # fmt: skip
     if "pg_skipped" in result:
         print(f"\nPostgreSQL manifest rows skipped: {result['pg_skipped']}")
+    if "s3_skipped" in result:
+        print(f"\nobject-store rows skipped: {result['s3_skipped']}")
+    if "s3_cpu" in result:
+        c = result["s3_cpu"]
+        print(f"\nCPU per file committed into S3 ({c['files']:,} files): commit {c['commit_cpu_ms_per_file']:.2f} ms, "
+              f"the moto server {c['moto_cpu_ms_per_file']:.2f} ms")  # fmt: skip
     if "header_bytes" in result:
         print("\nbytes one commit reads for one foreign file (header, manifest and all):")
         for h in result["header_bytes"]:
@@ -464,13 +500,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-files", type=int, default=None,
                         help="tiny files per committer in the PostgreSQL manifest's rows [--files]")  # fmt: skip
     parser.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL manifest's rows")
-    parser.add_argument("--only", choices=["pg"], default=None, help="run only these rows (pg: the PostgreSQL ones)")
+    parser.add_argument("--s3-files", type=int, default=None, help="tiny files per commit into S3 [--files]")
+    parser.add_argument("--s3-loop-files", type=int, default=200,
+                        help="files per run of the sequential put_object loop (its rate per file) [200]")  # fmt: skip
+    parser.add_argument("--no-s3", action="store_true", help="skip the object-store rows")
+    parser.add_argument("--only", choices=["pg", "s3"], default=None,
+                        help="run only these rows (pg: the PostgreSQL ones; s3: the object-store ones)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.files, args.ct_files, args.scale, args.kinds = 1, 40, 10, 400, ["tiny"]
         args.pg_files = min(args.pg_files or 40, 40)
+        args.s3_loop_files = min(args.s3_loop_files, 20)
     if args.only == "pg" and args.no_pg:
         parser.error("--only pg and --no-pg leave nothing to run")
+    if args.only == "s3" and args.no_s3:
+        parser.error("--only s3 and --no-s3 leave nothing to run")
     result = run(args)
     if args.json:
         json.dump(result, sys.stdout, indent=2)

@@ -9,7 +9,8 @@ applies to the next ``count`` matching requests (or to all of them, with ``count
     sleep ``delay_ms`` before forwarding (an asyncio sleep: concurrent requests overlap, as on a WAN). Every
     matching delay rule adds its delay, and a delay rule does not stop other rules from applying.
 ``status``
-    answer ``status`` with an S3 XML error body (``code``, ``message``) at once, without forwarding.
+    answer ``status`` with an S3 XML error body (``code``, ``message``) at once, without forwarding; a 2xx
+    ``status`` is a bare success instead (an ETag, no body): a store that pretends to have written.
 ``timeout``
     read the whole request, never answer it and never forward it: hold the connection until the client closes
     it or ``hold_s`` has passed.
@@ -398,6 +399,9 @@ def reply_bytes(reply: Reply, method: str, *, close: bool) -> bytes:
 
 
 def error_reply(status: int, code: str, message: str, request_id: str) -> Reply:
+    if 200 <= status < 300:  # a success that never happened (a store ignoring a condition)
+        headers = [("ETag", f'"{request_id}"'), ("x-amz-request-id", request_id), ("Server", "FaultProxy")]
+        return Reply(status, http.client.responses.get(status, "OK"), headers, b"")
     code = code or DEFAULT_CODES.get(status, "InternalError")
     message = message or f"injected by tests/s3_proxy.py ({code})"
     body = (

@@ -24,7 +24,7 @@ from dicomcommit import Stager, commit, ingest, recover, resolve_many
 from dicomcommit.archives import open_archive
 from dicomcommit.archives.s3 import S3Archive
 from dicomcommit.cli.main import main
-from dicomcommit.errors import ObjectStoreError, UsageError
+from dicomcommit.errors import NoClobberUnsupported, ObjectStoreError, UsageError
 from dicomcommit.manifests import open_manifest
 from dicomcommit.manifests.records import Record, Status
 from tests.s3_proxy import FaultProxy
@@ -52,6 +52,11 @@ def stage(staging: Path, datasets: list[Dataset]) -> list[Path]:
 def rows(manifest: str) -> list[Record]:
     with open_manifest("unused", manifest=manifest) as opened:
         return opened.records()
+
+
+def data_keys(server: MotoServer, bucket: str) -> list[str]:
+    """The keys of committed files (not dicomcommit's own, below .dicomcommit/)."""
+    return [key for key in server.keys(bucket) if "/.dicomcommit/" not in key]
 
 
 def one_version_each(server: MotoServer, bucket: str, *, except_keys: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -96,12 +101,14 @@ def test_commit_creates_each_object_once_with_its_hash(
     found = check_archive(s3_server, s3_bucket, "arch", manifest)
     assert {r.sha256 for r in found} == expected
     versions = one_version_each(s3_server, s3_bucket)
-    assert len(versions) == 30
+    assert len([key for key in versions if "/.dicomcommit/" not in key]) == 30
     key = f"arch/{found[0].path}"
     assert s3_server.admin.head_object(Bucket=s3_bucket, Key=key)["ContentType"] == "application/dicom"
-    # One create-only PUT per file: no HEAD, no GET before a write.
-    assert store.requests("PUT") == 30
+    # One create-only PUT per file: no HEAD, no GET before a write. (And the probe's two: created,
+    # then refused, as it is on every later run: the store does not overwrite.)
+    assert store.requests("PUT") == 30 + 2
     assert store.requests("GET") == 0
+    assert s3_server.read(s3_bucket, "arch/.dicomcommit/no-clobber-probe")
 
 
 def test_duplicates_and_conflicts_are_answered_by_a_head_and_kept_under_their_hash(
@@ -124,6 +131,30 @@ def test_duplicates_and_conflicts_are_answered_by_a_head_and_kept_under_their_ha
     one_version_each(s3_server, s3_bucket)
     assert store.requests("GET") == 0  # each 412 answered by a HEAD, not a download
     assert store.requests("HEAD") >= 7
+
+
+def test_without_obstore_boto3_sends_every_request(  # noqa: PLR0917 -- pytest fixtures
+    tmp_path: Path,
+    s3_server: MotoServer,
+    s3_bucket: str,
+    store: FaultProxy,
+    make_ds: Callable[..., Dataset],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """obstore is the fast path's client; without it, boto3 alone gives the same outcomes."""
+    assert S3Archive(f"s3://{s3_bucket}/a")._fast is not None  # installed here: the other tests use it
+    monkeypatch.setattr("dicomcommit.archives.s3.fast_put", lambda *_: None)
+    staging, manifest, url = tmp_path / "staging", str(tmp_path / "m.sqlite"), f"s3://{s3_bucket}/a"
+    staging.mkdir()
+    stage(staging, [make_ds(i) for i in range(8)])
+    rule = store.add("PUT", action="status", status=409, header="If-None-Match", count=2)
+    assert commit(staging, url, manifest=manifest).counts()["committed"] == 8
+    assert store.fired(rule) == 2
+    stage(staging, [make_ds(0), make_ds(1, 1)])
+    counts = commit(staging, url, manifest=manifest).counts()
+    assert (counts["duplicates"], counts["conflicts"]) == (1, 1)
+    check_archive(s3_server, s3_bucket, "a", manifest)
+    one_version_each(s3_server, s3_bucket)
 
 
 def test_two_files_of_one_batch_that_want_one_name(
@@ -268,9 +299,29 @@ def test_a_bucket_that_refuses_writes(  # noqa: PLR0917 -- pytest fixtures
     assert "AccessDenied" in err
     assert all(p.exists() for p in staged)
     assert s3_server.keys(s3_bucket) == []
-    assert rows(manifest) == []
+    assert not Path(manifest).exists()  # refused at the first write (the probe), before anything was opened
     store.clear()
     assert commit(staging, f"s3://{s3_bucket}/a", manifest=manifest).counts()["committed"] == 5
+
+
+def test_a_store_that_ignores_if_none_match_is_refused(
+    tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
+) -> None:
+    """A store that answers 200 to a create-only PUT on an existing key would overwrite files:
+    nothing is placed into it (the probe object is written create-only on every run)."""
+    staging, manifest = tmp_path / "staging", str(tmp_path / "m.sqlite")
+    staging.mkdir()
+    staged = stage(staging, [make_ds(i) for i in range(3)])
+    commit(staging, f"s3://{s3_bucket}/a", manifest=manifest)  # the probe is there now
+    staged = stage(staging, [make_ds(i) for i in range(3, 6)])
+    store.add("PUT", action="status", status=200, path="no-clobber-probe", count=None)
+    with pytest.raises(NoClobberUnsupported, match="ignored If-None-Match"):
+        commit(staging, f"s3://{s3_bucket}/a", manifest=manifest)
+    assert all(p.exists() for p in staged)
+    assert len(data_keys(s3_server, s3_bucket)) == 3
+    store.clear()
+    assert commit(staging, f"s3://{s3_bucket}/a", manifest=manifest).counts()["committed"] == 3
+    one_version_each(s3_server, s3_bucket)
 
 
 # -- faults on the way: each one converges, and nothing is overwritten --------------------------
@@ -357,7 +408,7 @@ def test_sigkill_mid_batch_then_rerun_and_recover(
     env = {**store.env(), "DICOMCOMMIT_CRASH_AT": "commit:after-link:10"}
     killed = cli(["commit", str(staging), url, "--manifest", manifest], env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    placed = len(s3_server.keys(s3_bucket))
+    placed = len(data_keys(s3_server, s3_bucket))
     assert placed >= 10
     assert rows(manifest) == []
 
@@ -521,4 +572,4 @@ def test_endpoint_url_option_overrides_the_environment(
     done = cli(["commit", str(staging), f"s3://{s3_bucket}/e", "--manifest", manifest, "--endpoint-url",
                 store.endpoint], env)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert len(s3_server.keys(s3_bucket)) == 1
+    assert len(data_keys(s3_server, s3_bucket)) == 1

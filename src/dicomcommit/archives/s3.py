@@ -36,24 +36,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from filelock import FileLock
 
 from dicomcommit._fs import Placed
 from dicomcommit.archives.base import BaseArchive, Payload
 from dicomcommit.archives.filesystem import Locked
+from dicomcommit.archives.s3client import CONTENT_TYPE, Taken, Unsure, boto3_client, fast_put
 from dicomcommit.checks import check_lock_timeout
-from dicomcommit.errors import ObjectStoreError, UsageError
+from dicomcommit.errors import NoClobberUnsupported, ObjectStoreError, UsageError
 from dicomcommit.layout import STATE_DIR
 from dicomcommit.locations import OBJECT_STORE_SCHEMES
 
 log = logging.getLogger("dicomcommit")
 
-DEFAULT_JOBS = 16
-ENV_TIMEOUT = "DICOMCOMMIT_S3_TIMEOUT"  # seconds a request may take to connect, and to answer
-CONTENT_TYPE = "application/dicom"
+DEFAULT_JOBS = 32
+PROBE = f"{STATE_DIR}/no-clobber-probe"  # written create-only on every run: the store must refuse it (412)
+_PROBE_BYTES = b"dicomcommit writes this object with If-None-Match: * on every run; the store must refuse.\n"
+_PROBE_SHA256 = hashlib.sha256(_PROBE_BYTES).hexdigest()
 _CREATE_ATTEMPTS = 8  # PUTs sent for one name while concurrent writes keep racing ours (409)
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
@@ -109,7 +109,8 @@ class S3Archive(BaseArchive):
         self.location = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.jobs = jobs
         self._lock_file = lock_file
-        self._client = _client(endpoint_url, jobs)
+        self._client = boto3_client(endpoint_url, jobs)
+        self._fast = fast_put(self._client, self.bucket, jobs)  # the hot path's PUT (see s3client)
         self._objects: dict[str, _Object | None] = {}  # HEADs and our own writes, this batch
         self._listed: dict[str, int] | None = None  # rel -> size, from the last listing of the whole prefix
         self._ahead: dict[tuple[str, str], Future[Placed]] = {}  # (payload path, rel) -> its placement
@@ -144,12 +145,27 @@ class S3Archive(BaseArchive):
     # -- BaseArchive ------------------------------------------------------------------------
 
     def create(self) -> None:
-        """Check that the bucket is there and answers (an object store has no directories to make).
+        """Check that the bucket is there, answers, and refuses to overwrite (an object store
+        has no directories to make).
+
+        A store that ignored ``If-None-Match: *`` would replace objects silently, so the
+        archive keeps a probe object that it writes create-only on every run: the store
+        must answer 412. Once the probe is there, that costs one request per run.
 
         Raises:
             ObjectStoreError: no such bucket, access denied, or no answer.
+            NoClobberUnsupported: the store wrote over the probe.
         """
         self._call("reach the bucket", "", self._client.head_bucket)
+        for attempt in range(2):  # the first run creates the probe; a second PUT must then be refused
+            try:
+                self._send(PROBE, _PROBE_BYTES, len(_PROBE_BYTES), _PROBE_SHA256, {"IfNoneMatch": "*"}, fast=False)
+            except (_Taken, _Raced):
+                return
+            if attempt:
+                raise NoClobberUnsupported(
+                    "the object store ignored If-None-Match: * (it wrote over an object); committing into it could "
+                    "replace files, so nothing is placed", f"{self.location}/{PROBE}")  # fmt: skip
 
     def lock(self, timeout: float | None) -> AbstractContextManager[None]:
         check_lock_timeout(timeout)
@@ -361,9 +377,18 @@ class S3Archive(BaseArchive):
         raise ObjectStoreError(f"concurrent writes kept racing ours ({_CREATE_ATTEMPTS} attempts)",
                                f"{self.location}/{rel}")  # fmt: skip
 
-    def _send(self, rel: str, body: bytes | int, size: int, sha256: str, condition: dict[str, str]) -> str:
+    def _send(
+        self, rel: str, body: bytes | int, size: int, sha256: str, condition: dict[str, str], *, fast: bool = True
+    ) -> str:
         """One conditional write; its ETag. Raises _Taken (412), _Raced (409) or ObjectStoreError."""
         key = self._key(rel)
+        if fast and isinstance(body, bytes) and self._fast is not None and condition == {"IfNoneMatch": "*"}:
+            try:
+                return self._fast.create(key, body, sha256)
+            except Taken as exc:  # a 412 or a 409: the HEAD that follows tells them apart
+                raise _Taken from exc
+            except Unsure:
+                pass  # boto3 sends it again, and says what went wrong if it goes wrong again
         try:
             if isinstance(body, int):
                 return self._multipart(key, body, size, sha256, condition)
@@ -425,17 +450,6 @@ class _Taken(Exception):
 
 class _Raced(Exception):
     """409 ConditionalRequestConflict: a concurrent write to the key raced ours."""
-
-
-def _client(endpoint_url: str | None, jobs: int) -> Any:
-    timeout = float(os.environ.get(ENV_TIMEOUT) or 60)
-    config = Config(
-        max_pool_connections=jobs + 2,
-        connect_timeout=timeout,
-        read_timeout=timeout,
-        retries={"mode": "standard", "max_attempts": 5},  # 5xx, throttling, timeouts, lost connections
-    )
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
 
 
 def _code(exc: ClientError) -> str:

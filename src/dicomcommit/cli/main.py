@@ -174,7 +174,7 @@ def _add_store_options(p: _Parser, *, jobs: bool) -> None:
                    help="the object store's endpoint [$AWS_ENDPOINT_URL, else AWS's]")  # fmt: skip
     if jobs:
         p.add_argument("--jobs", type=count, default=None, metavar="N",
-                       help="requests in flight at most, to an object store [16]")  # fmt: skip
+                       help="requests in flight at most, to an object store [32]")  # fmt: skip
 
 
 def _add_lock_options(p: _Parser) -> None:

@@ -118,7 +118,7 @@ def commit(
             hosts commit into one archive at once, and no archive lock is taken.
         endpoint_url: (an object store) its endpoint, instead of ``$AWS_ENDPOINT_URL`` or
             the AWS chain's default.
-        jobs: (an object store) requests in flight at most (default 16).
+        jobs: (an object store) requests in flight at most (default 32).
 
     Raises:
         UsageError: bad arguments (TemplateError for the template).

@@ -51,7 +51,7 @@ def ingest(
     endpoint_url: str | None = None,
 ) -> CommitReport:
     """Commit every DICOM file below *source_dir* into *archive_dir* (a directory, or
-    ``s3://bucket/prefix`` with a *manifest*; its requests in flight are the default 16).
+    ``s3://bucket/prefix`` with a *manifest*; its requests in flight are the default 32).
 
     Args:
         move: remove each source file once its bytes are committed or recorded (default:

@@ -83,7 +83,11 @@ def resolve_many(
         raise UsageError(f"keep must be one of {', '.join(KEEP_CHOICES)}, not {keep!r}")
     url = manifest_url(archive_dir, manifest)
     archive = open_archive(archive_dir, manifest=url, endpoint_url=endpoint_url)
-    lock: AbstractContextManager[None] = nullcontext() if is_shared(url) else archive.lock(lock_timeout)
+    if is_shared(url):  # no lock: each name is arbitrated where it is created, which create() checks it can be
+        archive.create()
+        lock: AbstractContextManager[None] = nullcontext()
+    else:
+        lock = archive.lock(lock_timeout)
     who = f"{getpass.getuser()}@{socket.gethostname()}"
     done = []
     with lock, open_manifest(archive_dir, manifest=url) as opened, opened.exclusive():
