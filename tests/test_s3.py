@@ -443,6 +443,29 @@ def test_recover_reconciles_the_manifest_with_a_listing(
     assert added[0].size == len(stray)
 
 
+def test_rebuild_manifest_from_the_store(
+    tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
+) -> None:
+    staging, manifest, url = tmp_path / "staging", tmp_path / "m.sqlite", f"s3://{s3_bucket}/rb"
+    staging.mkdir()
+    stage(staging, [make_ds(i) for i in range(4)])
+    commit(staging, url, manifest=str(manifest))
+    stage(staging, [make_ds(0, 1)])
+    commit(staging, url, manifest=str(manifest))
+    manifest.write_bytes(b"not a database at all" * 100)
+
+    report = recover(url, manifest=str(manifest), rebuild_manifest=True)
+
+    assert report.set_aside is not None
+    assert Path(report.set_aside).exists()
+    rebuilt = {(r.status, r.target) for r in rows(str(manifest))}
+    committed = {r for r in rebuilt if r[0] is Status.COMMITTED}
+    assert len(committed) == 4
+    conflict = [r for r in rebuilt if r[0] is Status.CONFLICT]
+    assert len(conflict) == 1
+    assert conflict[0][1] in {target for _, target in committed}  # named from its header, read from the store
+
+
 # -- resolve ----------------------------------------------------------------------------------------
 
 

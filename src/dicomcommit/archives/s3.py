@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -262,7 +262,11 @@ class S3Archive(BaseArchive):
         return sorted(found)
 
     def open(self, rel: str) -> BinaryIO:
-        return io.BytesIO(self._download(rel))
+        # A real file (anonymous, gone when closed), not a BytesIO: readers of headers take its fd.
+        local = tempfile.TemporaryFile()  # noqa: SIM115 -- the caller closes it
+        local.write(self._download(rel))
+        local.seek(0)
+        return local
 
     def sync(self) -> None:
         """A store's 200 means durable: nothing to do."""
