@@ -585,6 +585,21 @@ def test_review_show_report_and_resolve_through_the_cli(
     assert cli(["recover", url, "--manifest", manifest, "--check", "--verify"], env).returncode == 0
 
 
+def test_the_next_commands_printed_name_the_manifest_and_endpoint(
+    tmp_path: Path, s3_bucket: str, store: FaultProxy, conflicts: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An object store cannot be reached again without them: the hints a person copies say them."""
+    url, manifest = conflicts
+    row = next(r for r in rows(manifest) if r.status is Status.CONFLICT)
+    assert main(["show", url, str(row.id), "--manifest", manifest, "--endpoint-url", store.endpoint]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    command = hint.split()[2:]
+    assert command == ["dicomcommit", "resolve", url, str(row.id), "--keep", "existing|staged|both", "--manifest",
+                       manifest, "--endpoint-url", store.endpoint]  # fmt: skip
+    command[5] = "both"
+    assert main(command[1:]) == 0  # the hint, as a person would paste it
+
+
 def test_endpoint_url_option_overrides_the_environment(
     tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
 ) -> None:

@@ -72,8 +72,8 @@ def _say(line: str, out: TextIO) -> None:
     print(printable(line), file=out)
 
 
-def print_summary(report: CommitReport, archive: str | Path, out: TextIO) -> None:
-    """Print the counts of *report*, and what to do next."""
+def print_summary(report: CommitReport, archive: str | Path, out: TextIO, options: str = "") -> None:
+    """Print the counts of *report*, and what to do next (*options*: those the next command needs too)."""
     verb = "would be" if report.dry_run else "were"
     _say(f"run {report.run}{' (dry run: nothing changed)' if report.dry_run else ''}", out)
     for label, value in report.counts().items():
@@ -87,7 +87,7 @@ def print_summary(report: CommitReport, archive: str | Path, out: TextIO) -> Non
              "a rerun does once its lease has expired)", out)  # fmt: skip
     if report.needs_review:
         _say(f"{report.conflicts} conflicts and {report.invalid} invalid files {verb} recorded; "
-             f"see: dicomcommit review {archive} --status conflict|invalid", out)  # fmt: skip
+             f"see: dicomcommit review {archive} --status conflict|invalid{options}", out)  # fmt: skip
 
 
 def print_table(records: list[Record], out: TextIO) -> None:
@@ -165,8 +165,8 @@ def _cell(value: object) -> object:
     return printable(value) if isinstance(value, str) else value
 
 
-def print_shown(shown: Shown, archive: str | Path, out: TextIO) -> None:
-    """Print a row; for a conflict, both files side by side and what differs."""
+def print_shown(shown: Shown, archive: str | Path, out: TextIO, options: str = "") -> None:
+    """Print a row; for a conflict, both files side by side and what differs (*options*: as for print_summary)."""
     r = shown.record
     _say(f"#{r.id} {r.status}: {r.target or '-'}", out)
     _say(f"  bytes at {r.path} ({r.size} bytes, sha256 {r.sha256 or 'not computed yet'})", out)
@@ -198,7 +198,7 @@ def print_shown(shown: Shown, archive: str | Path, out: TextIO) -> None:
     ]
     _say(f"  {pixels}", out)
     print(file=out)
-    _say(f"  resolve with: dicomcommit resolve {archive} {r.id} --keep existing|staged|both", out)
+    _say(f"  resolve with: dicomcommit resolve {archive} {r.id} --keep existing|staged|both{options}", out)
 
 
 def _clip(text: str, width: int) -> str:

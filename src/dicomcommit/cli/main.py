@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -407,8 +408,18 @@ def _print_report(report: CommitReport, args: argparse.Namespace, progress: _Pro
         json.dump(report.to_dict(), sys.stdout, indent=2)
         print()
     else:
-        print_summary(report, args.archive, sys.stdout)
+        print_summary(report, shlex.quote(str(args.archive)), sys.stdout, _reaching(args))
     return EXIT_ATTENTION if report.needs_review else EXIT_OK
+
+
+def _reaching(args: argparse.Namespace) -> str:
+    """The options the next command needs to reach the same archive: this one's --manifest and --endpoint-url."""
+    words = []
+    if args.manifest is not None:
+        words += ["--manifest", args.manifest]
+    if getattr(args, "endpoint_url", None) is not None:
+        words += ["--endpoint-url", args.endpoint_url]
+    return "".join(f" {shlex.quote(word)}" for word in words)
 
 
 def _recover(args: argparse.Namespace) -> int:
@@ -442,7 +453,7 @@ def _show(args: argparse.Namespace) -> int:
         json.dump(shown.to_dict(), sys.stdout, indent=2)
         print()
     else:
-        print_shown(shown, args.archive, sys.stdout)
+        print_shown(shown, shlex.quote(str(args.archive)), sys.stdout, _reaching(args))
     return EXIT_OK
 
 
