@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,16 @@ from dicomcommit.cli.main import main
 from dicomcommit.errors import NoClobberUnsupported, ObjectStoreError, UsageError
 from dicomcommit.manifests import open_manifest
 from dicomcommit.manifests.records import Record, Status
+from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
 from tests.s3_proxy import FaultProxy
 from tests.s3_server import MotoServer
 
 Env = dict[str, str]
+
+
+def DEFAULT_TEMPLATE_RENDER(ds: Dataset) -> str:  # noqa: N802 -- reads as the template it renders
+    template = parse_template(DEFAULT_TEMPLATE)
+    return template.render(attrs_from_dataset(ds, template.keywords))
 
 
 @pytest.fixture
@@ -142,8 +149,8 @@ def test_without_obstore_boto3_sends_every_request(  # noqa: PLR0917 -- pytest f
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """obstore is the fast path's client; without it, boto3 alone gives the same outcomes."""
-    assert S3Archive(f"s3://{s3_bucket}/a")._fast is not None  # installed here: the other tests use it
-    monkeypatch.setattr("dicomcommit.archives.s3.fast_put", lambda *_: None)
+    assert S3Archive(f"s3://{s3_bucket}/a")._bucket._fast is not None  # installed here: the other tests use it
+    monkeypatch.setattr("dicomcommit.archives.s3client._fast_store", lambda *_: None)
     staging, manifest, url = tmp_path / "staging", str(tmp_path / "m.sqlite"), f"s3://{s3_bucket}/a"
     staging.mkdir()
     stage(staging, [make_ds(i) for i in range(8)])
@@ -160,11 +167,21 @@ def test_without_obstore_boto3_sends_every_request(  # noqa: PLR0917 -- pytest f
 def test_two_files_of_one_batch_that_want_one_name(
     tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
 ) -> None:
-    """The first asks first: sent ahead at once, the second never races it into a second row."""
+    """The first asks first: only it is sent ahead, so the second never races it into a second row."""
     staging, manifest = tmp_path / "staging", str(tmp_path / "m.sqlite")
     staging.mkdir()
     stage(staging, [make_ds(0), make_ds(0), make_ds(0, 1), make_ds(1)])
-    report = commit(staging, f"s3://{s3_bucket}/a", manifest=manifest)
+    sent: list[str] = []
+    real = S3Archive.prepare
+
+    def recording(self: S3Archive, placements: list[tuple[Any, str]]) -> None:
+        sent.extend(rel for _, rel in placements)
+        real(self, placements)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(S3Archive, "prepare", recording)
+        report = commit(staging, f"s3://{s3_bucket}/a", manifest=manifest)
+    assert len(sent) == len(set(sent)) == 2
     assert report.counts() == {"committed": 2, "duplicates": 1, "conflicts": 1, "invalid": 0, "skipped": 0}
     committed = [r.path for r in rows(manifest) if r.status is Status.COMMITTED]
     assert len(committed) == len(set(committed)) == 2
@@ -299,7 +316,7 @@ def test_a_bucket_that_refuses_writes(  # noqa: PLR0917 -- pytest fixtures
     assert "AccessDenied" in err
     assert all(p.exists() for p in staged)
     assert s3_server.keys(s3_bucket) == []
-    assert not Path(manifest).exists()  # refused at the first write (the probe), before anything was opened
+    assert rows(manifest) == []
     store.clear()
     assert commit(staging, f"s3://{s3_bucket}/a", manifest=manifest).counts()["committed"] == 5
 
@@ -347,7 +364,7 @@ def test_commit_through_faults(  # noqa: PLR0917 -- pytest fixtures
     staging, manifest = tmp_path / "staging", str(tmp_path / "m.sqlite")
     staging.mkdir()
     stage(staging, [make_ds(i) for i in range(12)])
-    rule = store.add("PUT", **fault)
+    rule = store.add("PUT", path=r"/DEMO[^?]*\.dcm$", **fault)  # the files' own PUTs, not the probe's
 
     report = commit(staging, f"s3://{s3_bucket}/f", manifest=manifest, jobs=4)
 
@@ -611,3 +628,125 @@ def test_endpoint_url_option_overrides_the_environment(
                 store.endpoint], env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert len(data_keys(s3_server, s3_bucket)) == 1
+
+
+# -- found in review ---------------------------------------------------------------------------------
+
+
+def test_a_hash_in_metadata_is_no_proof_of_the_bytes(
+    tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
+) -> None:
+    """Another tool's object with other bytes, but metadata that claims the staged file's hash:
+    the staged file is kept as a conflict (its bytes were read), never dropped as a duplicate."""
+    staging, manifest, url = tmp_path / "staging", str(tmp_path / "m.sqlite"), f"s3://{s3_bucket}/m"
+    staging.mkdir()
+    [path] = stage(staging, [make_ds(0)])
+    ours = path.read_bytes()
+    sha256 = hashlib.sha256(ours).hexdigest()
+    target = DEFAULT_TEMPLATE_RENDER(make_ds(0))
+    s3_server.admin.put_object(Bucket=s3_bucket, Key=f"m/{target}", Body=b"other bytes", Metadata={"sha256": sha256})
+
+    report = commit(staging, url, manifest=manifest)
+
+    assert report.counts()["conflicts"] == 1
+    [row] = rows(manifest)
+    assert row.existing_sha256 == hashlib.sha256(b"other bytes").hexdigest()
+    assert s3_server.read(s3_bucket, f"m/{row.path}") == ours
+
+
+def test_verify_reads_the_bytes(
+    tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
+) -> None:
+    staging, manifest, url = tmp_path / "staging", str(tmp_path / "m.sqlite"), f"s3://{s3_bucket}/v"
+    staging.mkdir()
+    stage(staging, [make_ds(0), make_ds(1)])
+    commit(staging, url, manifest=manifest)
+    row = rows(manifest)[0]
+    key = f"v/{row.path}"
+    changed = bytearray(s3_server.read(s3_bucket, key))
+    changed[-1] ^= 0xFF  # same size, same metadata, other bytes
+    s3_server.admin.put_object(Bucket=s3_bucket, Key=key, Body=bytes(changed), Metadata={"sha256": row.sha256 or ""})
+    assert recover(url, manifest=manifest).mismatched == []  # (sizes and names only, without --verify)
+    assert [m.split(":")[0] for m in recover(url, manifest=manifest, verify=True).mismatched] == [
+        f"#{row.id} {row.path}"
+    ]
+
+
+def test_recover_with_a_staging_directory_finishes_what_was_placed(
+    tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
+) -> None:
+    """On a filesystem, recover finishes a staged file whose inode is at its name; here, one
+    whose bytes are."""
+    staging, manifest, url = tmp_path / "staging", str(tmp_path / "m.sqlite"), f"s3://{s3_bucket}/k"
+    staging.mkdir()
+    stage(staging, [make_ds(i) for i in range(12)])
+    store.add("PUT", action="delay", delay_ms=300, path=r"\.3\.1[01]\.dcm$", count=None)  # these two land last
+    killed = cli(["commit", str(staging), url, "--manifest", manifest, "--jobs", "4"],
+                 {**store.env(), "DICOMCOMMIT_CRASH_AT": "commit:after-link:3"})  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    time.sleep(1)  # a PUT on its way when the committer died lands
+    placed = len(data_keys(s3_server, s3_bucket))
+    assert 3 <= placed < 12
+
+    report = recover(url, staging, manifest=manifest)
+
+    assert len(report.finished) == placed
+    assert report.rows_added == []  # recorded as the staged files they are, not as found in the archive
+    assert len(list(staging.glob("*.dcm"))) == 12 - placed
+    assert {r.status for r in rows(manifest)} == {Status.COMMITTED}
+    assert commit(staging, url, manifest=manifest).counts()["committed"] == 12 - placed
+    one_version_each(s3_server, s3_bucket)
+
+
+def test_check_and_dry_run_write_nothing_and_see_a_missing_bucket(
+    tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
+) -> None:
+    staging, manifest, url = tmp_path / "staging", str(tmp_path / "m.sqlite"), f"s3://{s3_bucket}/c"
+    staging.mkdir()
+    stage(staging, [make_ds(0)])
+    commit(staging, url, manifest=manifest)
+    stage(staging, [make_ds(1)])
+    store.clear(stats=True)
+    store.add("PUT", action="status", status=403, code="AccessDenied", count=None)  # read-only credentials
+    assert main(["recover", url, "--manifest", manifest, "--check"]) == 0
+    assert main(["commit", str(staging), url, "--manifest", manifest, "--dry-run"]) == 0
+    assert store.requests("PUT") == 0
+    with pytest.raises(ObjectStoreError, match="no bucket 'no-such-bucket-here'"):
+        commit(staging, "s3://no-such-bucket-here/c", manifest=str(tmp_path / "other.sqlite"), dry_run=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "code", "message"),
+    [
+        (["--endpoint-url", "127.0.0.1:1"], {}, 2, "http:// or https://"),
+        ([], {"DICOMCOMMIT_S3_TIMEOUT": "soon"}, 2, "DICOMCOMMIT_S3_TIMEOUT"),
+        ([], {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, 1, "credentials"),
+    ],
+)
+def test_what_a_user_gets_wrong_about_the_store(  # noqa: PLR0917 -- pytest parameters
+    tmp_path: Path, store: FaultProxy, s3_bucket: str, argv: list[str], env: Env, code: int, message: str
+) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    full = {**store.env(), **env}
+    for name in [n for n, v in env.items() if v == ""]:
+        del full[name]
+    done = cli(["commit", str(staging), f"s3://{s3_bucket}/a", "--manifest", str(tmp_path / "m.sqlite"), *argv], full)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("archive", ["s3:/bucket/a", "gs://bucket/a", "file:///tmp/a"])
+def test_a_url_that_is_not_s3_never_becomes_a_local_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, archive: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert main(["commit", str(staging), archive, "--manifest", "m.sqlite"]) == 2
+    assert main(["demo", "--archive", archive]) == 2
+    with pytest.raises(UsageError, match="unknown archive URL"):
+        commit(staging, archive, manifest="m.sqlite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["staging"]
+    assert main(["demo", "--archive", "s3://bucket/a", "--files", "1", "--workers", "1"]) == 2

@@ -481,3 +481,25 @@ def test_a_postgresql_url_without_psycopg_installed_is_a_clear_error(
     code = main(["review", str(tmp_path / "archive"), "--manifest", "postgresql://etl@db.example/archive"])
     assert code != 0
     assert "psycopg" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("manifest", ["sqlite", "postgresql"])
+def test_a_batch_of_foreign_files_keeps_no_fd_per_file(
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset], manifest: str
+) -> None:
+    """A shared manifest's claims hash foreign files first; each fd is closed once hashed, so
+    a batch of 300 commits under a limit of 100 spare fds (it held one per file: EMFILE)."""
+    import resource  # noqa: PLC0415 -- POSIX only, as the test
+
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    for i in range(300):
+        write_foreign(staging / f"f{i}.dcm", make_ds(i))
+    url = pg_url if manifest == "postgresql" else str(tmp_path / "m.sqlite")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 100, hard))
+    try:
+        report = commit(staging, archive, manifest=url, batch_size=300)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert report.counts()["committed"] == 300

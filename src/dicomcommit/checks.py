@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from dicomcommit.errors import UsageError
-from dicomcommit.locations import is_object_store
+from dicomcommit.locations import is_object_store, is_other_url
 
 
 def check_lock_timeout(timeout: float | None) -> None:
@@ -63,6 +63,8 @@ def check_dirs(
     check_dir(staging, what)
     if is_object_store(archive):
         return staging, os.fspath(archive)
+    if is_other_url(archive):
+        raise UsageError(f"unknown archive URL {archive!r}: a directory, or s3://bucket/prefix")
     archive = Path(archive)
     if archive.exists() and not archive.is_dir():
         raise UsageError(f"archive {archive} is not a directory")

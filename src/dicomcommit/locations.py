@@ -17,3 +17,12 @@ def is_object_store(location: str | os.PathLike[str]) -> bool:
 def is_shared(url: str) -> bool:
     """Whether the manifest *url* is one many hosts share (PostgreSQL)."""
     return url.startswith(POSTGRES_SCHEMES)
+
+
+def is_other_url(location: str | os.PathLike[str]) -> bool:
+    """Whether *location* looks like a URL (``scheme:/...``) of no kind we know: taken as a
+    path, it would quietly become a local directory (``s3:/bucket`` with one slash, ``gs://``)."""
+    if not isinstance(location, str) or is_object_store(location):
+        return False
+    scheme, sep, rest = location.partition(":")
+    return bool(sep) and scheme.isalnum() and rest.startswith("/")

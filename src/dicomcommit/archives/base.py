@@ -42,6 +42,10 @@ class BaseArchive(ABC):
 
     #: Where it is, for messages.
     location: str
+    #: Whether its names are copies of the bytes placed, never the placed file itself (an
+    #: object store): :meth:`holds` then compares bytes, and a staged file with one link may
+    #: have been placed.
+    keeps_copies: bool = False
     #: Who is placing files (a committer's lease, with a shared manifest): its temporary
     #: copies carry it, so that ``recover`` removes only those of committers that are gone.
     owner: str = ""
@@ -76,6 +80,13 @@ class BaseArchive(ABC):
             OSError: anything else.
         """
 
+    def check(self) -> None:  # noqa: B027 -- nothing to check for a directory: a missing one is an empty archive
+        """Check, without writing anything, that the archive can be read (a dry run's check).
+
+        Raises:
+            ArchiveError: it cannot (an object store's bucket is missing, or refuses).
+        """
+
     def prepare(self, placements: list[tuple[Payload, str]]) -> None:  # noqa: B027 -- a hint, empty by default
         """A hint: the batch will ask :meth:`place` for these (payload, name) pairs first, in
         this order. An archive whose placements are round trips (an object store) may start
@@ -89,6 +100,12 @@ class BaseArchive(ABC):
         """The hash of the file at *rel*; None as :meth:`hash`."""
         found = self.hash(rel)
         return None if found is None else found[0]
+
+    def verified_sha256(self, rel: str) -> str | None:
+        """The hash of the bytes at *rel*, proven: computed from them, or by the store that
+        checked them on the way in; what a file may be dropped as a duplicate on. None as
+        :meth:`hash`. (A directory's :meth:`hash` reads the bytes already.)"""
+        return self.sha256(rel)
 
     def known_sha256(self, rel: str) -> str | None:
         """The hash of what this archive just placed at *rel*, when it knows it without reading

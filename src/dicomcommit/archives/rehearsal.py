@@ -19,12 +19,18 @@ class Rehearsal(BaseArchive):
     def __init__(self, real: BaseArchive) -> None:
         self.real = real
         self.location = real.location
+        self.keeps_copies = real.keeps_copies
         self.placed: dict[str, str] = {}  # name -> the local path of the file that would hold it
 
     def create(self) -> None:
-        """A dry run creates nothing."""
+        """A dry run creates nothing; it checks that the archive can be read."""
+        self.real.check()
+
+    def check(self) -> None:
+        self.real.check()
 
     def lock(self, timeout: float | None) -> AbstractContextManager[None]:
+        self.real.check()
         return contextlib.nullcontext()
 
     def place(self, payload: Payload, rel: str) -> Placed:

@@ -35,6 +35,7 @@ from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import DEFAULT_PART_AGE, recover
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve_many
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
+from dicomcommit.locations import is_other_url
 from dicomcommit.manifests import ENV_MANIFEST, open_manifest
 from dicomcommit.manifests.copying import copy_manifest
 from dicomcommit.manifests.records import STATUSES
@@ -89,12 +90,20 @@ def archive_location(text: str) -> str | Path:
     Raises:
         argparse.ArgumentTypeError: a URL of another scheme (it would become a local directory).
     """
-    scheme, sep, _ = text.partition("://")
-    if not sep or not scheme.isalnum():
-        return Path(text)
-    if scheme.lower() == "s3":
-        return f"s3://{text[len(scheme) + 3 :]}"
-    raise argparse.ArgumentTypeError(f"unknown archive URL {text!r}: a directory, or s3://bucket/prefix")
+    if text[:5].lower() == "s3://":  # (S3:// too: a scheme is case-insensitive)
+        return "s3://" + text[5:]
+    if is_other_url(text):  # s3:/bucket (one slash), gs://..., file:///...
+        raise argparse.ArgumentTypeError(f"unknown archive URL {text!r}: a directory, or s3://bucket/prefix "
+                                         "(for a directory named so, write ./NAME)")  # fmt: skip
+    return Path(text)
+
+
+def _directory(text: str) -> Path:
+    """An argument that must be a directory (the demo's archive): an archive URL is refused."""
+    location = archive_location(text)
+    if not isinstance(location, Path):
+        raise argparse.ArgumentTypeError(f"the demo runs on a directory, not {text!r}")
+    return location
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,7 +269,7 @@ def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
     d.add_argument("--workers", type=count, default=4, help="stager processes [4]")
     d.add_argument("--files", type=count, default=250, help="datasets each worker stages [250]")
     d.add_argument("--staging", type=Path, default=Path("staging"), help="staging directory [staging]")
-    d.add_argument("--archive", type=Path, default=Path("archive"), help="archive directory [archive]")
+    d.add_argument("--archive", type=_directory, default=Path("archive"), help="archive directory [archive]")
     _add_manifest_option(d)
 
     m = sub.add_parser("manifest", help="manage a manifest")

@@ -284,6 +284,7 @@ class _Committer:
         for staged in batch:
             if staged.left is None and staged.claimed is None:
                 self._guarded(staged.name, partial(staged.hash, self.source.dir_fd))
+                staged.close()  # the hash is kept: a batch holds no fd per file
             target = None if staged.left is not None else self._target(staged)
             claims.append(Claim(self.source.prefix + staged.name, target, staged.sha256 or staged.claimed, staged.size,
                                 {k: staged.attrs.get(k) for k in self.template.keywords}, self.report.run,
@@ -390,6 +391,8 @@ class _Committer:
         if placed is Placed.EXISTS:
             existing = self.archive.sha256(step.rel)
             sha256 = staged.hash(self.source.dir_fd)  # the bytes must be compared
+            if existing == sha256:  # it may be dropped as a duplicate: the hash there must be proven
+                existing = self.archive.verified_sha256(step.rel)
             if existing != sha256:
                 recorded = self._recorded(source, sha256)
         if not in_run:
@@ -428,8 +431,8 @@ class _Committer:
             raise self.source.failure(f"cannot link {payload.path} ({exc.strerror})", where, exc) from exc
         if placed is Placed.CREATED:
             point("commit:after-link")
-            if staged.sha256 is None:  # an object store hashed the bytes it sent: the row gets it
-                staged.sha256 = self.archive.known_sha256(rel)
+        if placed is not Placed.EXISTS and staged.sha256 is None:  # an object store hashed what it sent
+            staged.sha256 = self.archive.known_sha256(rel)
         return placed
 
     def _payload(self, staged: Staged) -> Payload:

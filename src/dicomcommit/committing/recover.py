@@ -224,7 +224,8 @@ def _placement_of(
     def there(rel: str) -> bool:
         return archive.holds(staging / name, rel)
 
-    sha256 = sha256_at(staging / name) if st.st_nlink > 1 else None  # one name: linked nowhere
+    # One name: linked nowhere (an object store keeps copies: any staged file may have been placed).
+    sha256 = sha256_at(staging / name) if st.st_nlink > 1 or archive.keeps_copies else None
     if sha256 is None:
         return None
     if there("/".join((*INVALID_DIR, sha256))):
@@ -391,7 +392,7 @@ def _check_bytes(archive: BaseArchive, record: Record, verify: bool, report: Rec
     if record.status is Status.DUPLICATE:  # its bytes are another row's: they must be there
         if not archive.exists(record.path):
             report.missing.append(f"#{record.id} duplicate of {record.path}")
-        elif verify and record.sha256 not in (None, archive.sha256(record.path)):
+        elif verify and record.sha256 not in (None, archive.verified_sha256(record.path)):
             report.mismatched.append(f"#{record.id} duplicate of {record.path}: its bytes are not these")
         return None
     if not archive.exists(record.path):
@@ -404,7 +405,7 @@ def _check_bytes(archive: BaseArchive, record: Record, verify: bool, report: Rec
         return None
     if not verify:
         return None
-    sha256 = archive.sha256(record.path)
+    sha256 = archive.verified_sha256(record.path)
     if sha256 is None or record.sha256 not in (None, sha256):
         report.mismatched.append(f"#{record.id} {record.path}: sha256 {sha256}, the manifest says {record.sha256}")
         return None
@@ -466,7 +467,7 @@ def _claimed_outcome(archive: BaseArchive, manifest: BaseManifest, claim: Claim,
                   (Status.COMMITTED, derived_name(claim.target, sha256), " (under a derived name)"),
                   (Status.CONFLICT, "/".join((*CONFLICTS_DIR, f"{sha256}.dcm")), "")]  # fmt: skip
     for status, rel, how in places:
-        if archive.sha256(rel) != sha256:
+        if archive.verified_sha256(rel) != sha256:  # (its staged file is dropped once this is recorded)
             continue
         rows = [] if status is Status.INVALID else manifest.records(status, path=rel)
         final, takes = status, None

@@ -230,7 +230,7 @@ def _link_rel(archive: BaseArchive, src: str, dst: str) -> None:
     """Give the archive file *src* the extra name *dst*; fine if it already has it."""
     if archive.link(src, dst) is Placed.EXISTS:
         src_sha = archive.sha256(src)
-        if src_sha is None or src_sha != archive.sha256(dst):
+        if src_sha is None or src_sha != archive.verified_sha256(dst):
             raise ResolveError("a different file already holds this name", f"{archive.location}/{dst}")
 
 
