@@ -52,6 +52,13 @@ def store(s3_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> FaultProxy:
     return s3_proxy
 
 
+@pytest.fixture
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files above 5 MiB (S3's smallest part) go multipart, in 5 MiB parts."""
+    monkeypatch.setattr(S3Archive, "multipart_threshold", 5 << 20)
+    monkeypatch.setattr(S3Archive, "part_size", 5 << 20)
+
+
 def stage(staging: Path, datasets: list[Dataset]) -> list[Path]:
     return Stager(staging).stage_many(datasets)
 
@@ -194,10 +201,8 @@ def test_large_files_go_multipart_with_the_same_condition(  # noqa: PLR0917 -- p
     s3_bucket: str,
     store: FaultProxy,
     make_ds: Callable[..., Dataset],
-    monkeypatch: pytest.MonkeyPatch,
+    small_parts: None,
 ) -> None:
-    monkeypatch.setattr(S3Archive, "multipart_threshold", 5 << 20)
-    monkeypatch.setattr(S3Archive, "part_size", 5 << 20)
     staging, manifest, url = tmp_path / "staging", str(tmp_path / "m.sqlite"), f"s3://{s3_bucket}/big"
     staging.mkdir()
     big = [make_ds(0), make_ds(0, 1)]
@@ -341,6 +346,26 @@ def test_a_store_that_ignores_if_none_match_is_refused(
     one_version_each(s3_server, s3_bucket)
 
 
+def test_a_store_that_ignores_the_condition_on_multipart_completion_is_refused(  # noqa: PLR0917 -- pytest fixtures
+    tmp_path: Path,
+    s3_server: MotoServer,
+    s3_bucket: str,
+    store: FaultProxy,
+    make_ds: Callable[..., Dataset],
+    small_parts: None,
+) -> None:
+    staging, manifest = tmp_path / "staging", str(tmp_path / "m.sqlite")
+    staging.mkdir()
+    ds = make_ds(0)
+    ds.PixelData = b"\x01" * (6 << 20)
+    [staged] = stage(staging, [ds])
+    store.add("POST", action="status", status=200, path="no-clobber-probe", query="uploadId", count=None)
+    with pytest.raises(NoClobberUnsupported, match="multipart completion"):
+        commit(staging, f"s3://{s3_bucket}/a", manifest=manifest)
+    assert staged.exists()
+    assert data_keys(s3_server, s3_bucket) == []
+
+
 # -- faults on the way: each one converges, and nothing is overwritten --------------------------
 
 
@@ -381,10 +406,8 @@ def test_a_multipart_completion_whose_reply_was_lost(  # noqa: PLR0917 -- pytest
     s3_bucket: str,
     store: FaultProxy,
     make_ds: Callable[..., Dataset],
-    monkeypatch: pytest.MonkeyPatch,
+    small_parts: None,
 ) -> None:
-    monkeypatch.setattr(S3Archive, "multipart_threshold", 5 << 20)
-    monkeypatch.setattr(S3Archive, "part_size", 5 << 20)
     staging, manifest = tmp_path / "staging", str(tmp_path / "m.sqlite")
     staging.mkdir()
     ds = make_ds(0)

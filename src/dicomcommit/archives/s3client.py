@@ -232,7 +232,7 @@ class S3Bucket:
             done = client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                     MultipartUpload={"Parts": sent}, **condition)  # fmt: skip
             upload_id = ""
-            return str(done["ETag"])
+            return str(done.get("ETag", ""))
         except ClientError as exc:
             if _code(exc) == "NoSuchUpload":
                 # A completion retried after its reply was lost: the upload is gone because it
