@@ -469,6 +469,11 @@ def print_table(result: dict[str, Any]) -> None:
         c = result["s3_cpu"]
         print(f"\nCPU per file committed into S3 ({c['files']:,} files): commit {c['commit_cpu_ms_per_file']:.2f} ms, "
               f"the moto server {c['moto_cpu_ms_per_file']:.2f} ms")  # fmt: skip
+        loop = next((r["rate"] for r in result["rows"] if r["name"] == "put_object loop, 20 ms added"), None)
+        if loop and c["moto_cpu_ms_per_file"] > 0:
+            bound = 1000 / c["moto_cpu_ms_per_file"]  # one PUT per file, and moto runs them one at a time
+            print(f"  the server alone accepts at most {bound:,.0f} files/s: {bound / loop:.1f}x the 20 ms loop, "
+                  "for any client")  # fmt: skip
     if "header_bytes" in result:
         print("\nbytes one commit reads for one foreign file (header, manifest and all):")
         for h in result["header_bytes"]:
