@@ -115,6 +115,7 @@ class S3Bucket:
         except ValueError as exc:  # an endpoint botocore cannot use
             raise UsageError(f"cannot use the endpoint {endpoint_url!r}: {exc}") from exc
         self._fast = _fast_store(self.client, bucket, jobs, seconds)
+        self._fell_back = False
 
     def failure(self, exc: Exception, key: str, doing: str) -> ObjectStoreError:
         where = f"s3://{self.bucket}/{key}" if key else self.location
@@ -197,7 +198,12 @@ class S3Bucket:
             except self._fast[2] as exc:  # a 412 or a 409: a HEAD tells them apart
                 raise Raced from exc
             except Exception as exc:  # obstore's own errors: boto3 sends it again, and says what it was
-                log.debug("obstore PUT of %s failed (%s); sending it with boto3", key, exc)
+                # Once said: a fault now and then is retried so, but an obstore that always fails (a
+                # region it was not told, say) costs every file a second request.
+                (log.debug if self._fell_back else log.warning)(
+                    "obstore could not send a PUT (%s); boto3 sends it (and any other that fails so)", exc
+                )
+                self._fell_back = True
         try:
             reply = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=CONTENT_TYPE,
                                            ChecksumAlgorithm="SHA256", ChecksumSHA256=b64_of(sha256), Metadata=meta,
