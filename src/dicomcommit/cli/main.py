@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shlex
 import sys
 import warnings
@@ -29,13 +28,13 @@ from dicomcommit.cli.display import (
     print_table,
     printable,
 )
+from dicomcommit.cli.values import archive_location, count, directory, seconds
 from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, ON_CONFLICT_CHOICES, commit
 from dicomcommit.committing.ingest import ingest
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import DEFAULT_PART_AGE, recover
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve_many
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
-from dicomcommit.locations import is_other_url
 from dicomcommit.manifests import ENV_MANIFEST, open_manifest
 from dicomcommit.manifests.copying import copy_manifest
 from dicomcommit.manifests.records import STATUSES
@@ -49,61 +48,6 @@ log = logging.getLogger("dicomcommit")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
-
-
-def seconds(text: str) -> float:
-    """An option's value as seconds: a finite number, 0 or more.
-
-    Raises:
-        argparse.ArgumentTypeError: anything else (``nan``, ``inf``, ``-1``, ``soon``), which
-            the parser turns into a usage error naming the option.
-    """
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    # float() takes "nan" and "inf"; every comparison with nan is false, so it would pass a
-    # range check and then wait forever, or crash deep inside the lock.
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, not {text!r}")
-    return value
-
-
-def count(text: str) -> int:
-    """An option's value as a count: a whole number, 1 or more.
-
-    Raises:
-        argparse.ArgumentTypeError: anything else, which the parser turns into a usage error.
-    """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def archive_location(text: str) -> str | Path:
-    """An ARCHIVE argument: ``s3://bucket/prefix`` (kept as text), or a directory.
-
-    Raises:
-        argparse.ArgumentTypeError: a URL of another scheme (it would become a local directory).
-    """
-    if text[:5].lower() == "s3://":  # (S3:// too: a scheme is case-insensitive)
-        return "s3://" + text[5:]
-    if is_other_url(text):  # s3:/bucket (one slash), gs://..., file:///...
-        raise argparse.ArgumentTypeError(f"unknown archive URL {text!r}: a directory, or s3://bucket/prefix "
-                                         "(for a directory named so, write ./NAME)")  # fmt: skip
-    return Path(text)
-
-
-def _directory(text: str) -> Path:
-    """An argument that must be a directory (the demo's archive): an archive URL is refused."""
-    location = archive_location(text)
-    if not isinstance(location, Path):
-        raise argparse.ArgumentTypeError(f"the demo runs on a directory, not {text!r}")
-    return location
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,7 +213,7 @@ def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
     d.add_argument("--workers", type=count, default=4, help="stager processes [4]")
     d.add_argument("--files", type=count, default=250, help="datasets each worker stages [250]")
     d.add_argument("--staging", type=Path, default=Path("staging"), help="staging directory [staging]")
-    d.add_argument("--archive", type=_directory, default=Path("archive"), help="archive directory [archive]")
+    d.add_argument("--archive", type=directory, default=Path("archive"), help="archive directory [archive]")
     _add_manifest_option(d)
 
     m = sub.add_parser("manifest", help="manage a manifest")

@@ -1,0 +1,65 @@
+"""The values of the command line's options and arguments: each a type for argparse, which
+turns its ``ArgumentTypeError`` into a usage error naming the option."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from dicomcommit.locations import is_other_url
+
+
+def seconds(text: str) -> float:
+    """An option's value as seconds: a finite number, 0 or more.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (``nan``, ``inf``, ``-1``, ``soon``), which
+            the parser turns into a usage error naming the option.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    # float() takes "nan" and "inf"; every comparison with nan is false, so it would pass a
+    # range check and then wait forever, or crash deep inside the lock.
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, not {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """An option's value as a count: a whole number, 1 or more.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else, which the parser turns into a usage error.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def archive_location(text: str) -> str | Path:
+    """An ARCHIVE argument: ``s3://bucket/prefix`` (kept as text), or a directory.
+
+    Raises:
+        argparse.ArgumentTypeError: a URL of another scheme (it would become a local directory).
+    """
+    if text[:5].lower() == "s3://":  # (S3:// too: a scheme is case-insensitive)
+        return "s3://" + text[5:]
+    if is_other_url(text):  # s3:/bucket (one slash), gs://..., file:///...
+        raise argparse.ArgumentTypeError(f"unknown archive URL {text!r}: a directory, or s3://bucket/prefix "
+                                         "(for a directory named so, write ./NAME)")  # fmt: skip
+    return Path(text)
+
+
+def directory(text: str) -> Path:
+    """An argument that must be a directory (the demo's archive): an archive URL is refused."""
+    location = archive_location(text)
+    if not isinstance(location, Path):
+        raise argparse.ArgumentTypeError(f"the demo runs on a directory, not {text!r}")
+    return location
