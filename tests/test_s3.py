@@ -773,3 +773,24 @@ def test_a_url_that_is_not_s3_never_becomes_a_local_directory(
         commit(staging, archive, manifest="m.sqlite")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["staging"]
     assert main(["demo", "--archive", "s3://bucket/a", "--files", "1", "--workers", "1"]) == 2
+
+
+def test_no_header_value_names_a_key_outside_the_prefix(
+    tmp_path: Path, s3_server: MotoServer, s3_bucket: str, store: FaultProxy, make_ds: Callable[..., Dataset]
+) -> None:
+    """Guarantee 4 on a store: a key is the prefix and the sanitized name, whatever the header says."""
+    staging, manifest = tmp_path / "staging", str(tmp_path / "m.sqlite")
+    staging.mkdir()
+    hostile = []
+    for i, value in enumerate(["../../escape", "/abs", "..", "a/../../b", "%(PatientID)s", "x\\..\\y"]):
+        ds = make_ds(i)
+        ds.PatientID = value
+        hostile.append(ds)
+    stage(staging, hostile)
+    report = commit(staging, f"s3://{s3_bucket}/in/side", manifest=manifest)
+    assert report.counts()["committed"] == len(hostile)
+    keys = s3_server.keys(s3_bucket)
+    assert keys
+    assert all(key.startswith("in/side/") for key in keys)
+    for key in keys:
+        assert not ({"", ".", ".."} & set(key.split("/"))), key

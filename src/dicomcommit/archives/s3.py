@@ -113,6 +113,7 @@ class S3Archive(BaseArchive):
         self._guard = threading.Lock()
         self._probed: set[str] = set()  # "put", "multipart": the conditions this store was seen to honour
         self._unprobed: ObjectStoreError | None = None  # why the probe failed, this batch
+        self._local: dict[str, tuple[str, int] | None] = {}  # holds(): local files hashed, this batch
 
     def _key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
@@ -188,7 +189,10 @@ class S3Archive(BaseArchive):
         found = self._head(rel)
         if found is None:
             return False
-        local = hash_at(path)
+        key = os.fspath(path)
+        if key not in self._local:  # recover asks of one file for each name it may have taken: hashed once
+            self._local[key] = hash_at(path)
+        local = self._local[key]
         return local is not None and local[1] == found.size and self.verified_sha256(rel) == local[0]
 
     def link(self, src: str, dst: str) -> Placed:
@@ -247,6 +251,7 @@ class S3Archive(BaseArchive):
         self._objects.clear()
         self._listed = None
         self._unprobed = None
+        self._local.clear()
 
     # -- reading ----------------------------------------------------------------------------
 
