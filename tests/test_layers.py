@@ -46,6 +46,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("staging", ("dicomcommit.staging.*",)),
     ("committing", ("dicomcommit.committing.*",)),
     ("review", ("dicomcommit.review.*",)),
+    ("receiving", ("dicomcommit.receiving.*",)),
     ("cli", ("dicomcommit.cli.*",)),
     ("api", ("dicomcommit", "dicomcommit.__main__")),
 )

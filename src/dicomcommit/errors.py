@@ -34,6 +34,14 @@ class EncodeError(DicomCommitError, ValueError):
     """pydicom could not encode the dataset; nothing was written."""
 
 
+class MismatchError(EncodeError):
+    """The bytes to stage do not carry the naming attributes they must (:attr:`keyword` says which)."""
+
+    def __init__(self, keyword: str, message: str) -> None:
+        super().__init__(message)
+        self.keyword = keyword
+
+
 class FileOpError(DicomCommitError, OSError):
     """An operating-system call failed on a named file; nothing was lost.
 
@@ -112,6 +120,11 @@ class LockTimeout(DicomCommitError, TimeoutError):
     def __init__(self, lock_path: str, timeout: float) -> None:
         super().__init__(f"archive lock {lock_path} not acquired within {timeout:g} s")
         self.lock_path = lock_path
+
+
+class ReceiveError(DicomCommitError):
+    """The receiver cannot listen on its port, or cannot keep its own state (its Storage
+    Commitment requests) in the staging directory."""
 
 
 class ManifestError(DicomCommitError):

@@ -28,14 +28,15 @@ from dicomcommit.cli.display import (
     print_table,
     printable,
 )
-from dicomcommit.cli.values import archive_location, count, directory, seconds
+from dicomcommit.cli.receive import add_receive_command, run_receive
+from dicomcommit.cli.values import add_manifest_option, add_store_options, archive_location, count, directory, seconds
 from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, ON_CONFLICT_CHOICES, commit
 from dicomcommit.committing.ingest import ingest
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import DEFAULT_PART_AGE, recover
 from dicomcommit.committing.resolve import KEEP_CHOICES, resolve_many
 from dicomcommit.errors import EXIT_ATTENTION, EXIT_OK, DicomCommitError, UsageError
-from dicomcommit.manifests import ENV_MANIFEST, open_manifest
+from dicomcommit.manifests import open_manifest
 from dicomcommit.manifests.copying import copy_manifest
 from dicomcommit.manifests.records import STATUSES
 from dicomcommit.naming import DEFAULT_TEMPLATE
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dicomcommit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_writing_commands(sub)
+    add_receive_command(sub)
     _add_review_commands(sub)
     _add_upkeep_commands(sub)
     return parser
@@ -84,8 +86,8 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
         f"at once [{DEFAULT_SETTLE:g}]",
     )
     _add_lock_options(c)
-    _add_manifest_option(c)
-    _add_store_options(c, jobs=True)
+    add_manifest_option(c)
+    add_store_options(c, jobs=True)
 
     i = sub.add_parser("ingest", help="commit an existing tree of DICOM files (copy, or --move)")
     i.add_argument("source", type=Path, help="a tree of files: any names, nested, mixed with other files")
@@ -108,27 +110,8 @@ def _add_writing_commands(sub: Subparsers[_Parser]) -> None:
         help=f"leave files modified less than this ago for a later run [{DEFAULT_SETTLE:g} with --move, else 0]",
     )
     _add_lock_options(i)
-    _add_manifest_option(i)
-    _add_store_options(i, jobs=False)
-
-
-def _add_manifest_option(p: _Parser) -> None:
-    p.add_argument(
-        "--manifest",
-        metavar="URL",
-        default=None,
-        help=f"the manifest: a path, sqlite:///path or postgresql://user@host:port/dbname (many hosts) "
-        f"[${ENV_MANIFEST}, else ARCHIVE/.dicomcommit/manifest.sqlite]",
-    )
-
-
-def _add_store_options(p: _Parser, *, jobs: bool) -> None:
-    """The options of an object-store archive (s3://bucket/prefix)."""
-    p.add_argument("--endpoint-url", metavar="URL", default=None,
-                   help="the object store's endpoint [$AWS_ENDPOINT_URL, else AWS's]")  # fmt: skip
-    if jobs:
-        p.add_argument("--jobs", type=count, default=None, metavar="N",
-                       help="requests in flight at most, to an object store [32]")  # fmt: skip
+    add_manifest_option(i)
+    add_store_options(i, jobs=False)
 
 
 def _add_lock_options(p: _Parser) -> None:
@@ -149,21 +132,21 @@ def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     r.add_argument("--status", choices=(*STATUSES, "all"), default="conflict", help="which rows [conflict]")
     r.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format [table]")
     r.add_argument("--json", action="store_const", const="json", dest="format", help="the same as --format json")
-    _add_manifest_option(r)
-    _add_store_options(r, jobs=False)  # (review reads only the manifest: accepted, for commands written alike)
+    add_manifest_option(r)
+    add_store_options(r, jobs=False)  # (review reads only the manifest: accepted, for commands written alike)
 
     s = sub.add_parser("show", help="one manifest row; for a conflict, both files side by side")
     s.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
     s.add_argument("id", type=int, help="the row id (see review)")
     s.add_argument("--json", action="store_true", help="print JSON")
-    _add_manifest_option(s)
-    _add_store_options(s, jobs=False)
+    add_manifest_option(s)
+    add_store_options(s, jobs=False)
 
     rp = sub.add_parser("report", help="write a self-contained HTML page of every open conflict, images included")
     rp.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
     rp.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write (replaced if it exists)")
-    _add_manifest_option(rp)
-    _add_store_options(rp, jobs=False)
+    add_manifest_option(rp)
+    add_store_options(rp, jobs=False)
 
     rs = sub.add_parser("resolve", help="decide a conflict: keep the existing file, the staged one, or both")
     rs.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
@@ -173,8 +156,8 @@ def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     rs.add_argument("--run", help="with --all: only conflicts of this commit run")
     rs.add_argument("--target", metavar="GLOB", help="with --all: only conflicts whose target matches (PAT01/*)")
     rs.add_argument("--json", action="store_true", help="print the updated rows as JSON")
-    _add_manifest_option(rs)
-    _add_store_options(rs, jobs=False)
+    add_manifest_option(rs)
+    add_store_options(rs, jobs=False)
 
 
 def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
@@ -206,15 +189,15 @@ def _add_upkeep_commands(sub: Subparsers[_Parser]) -> None:
         action="store_true",
         help="set a damaged manifest aside (kept) and rebuild its rows from the archive",
     )
-    _add_manifest_option(rc)
-    _add_store_options(rc, jobs=True)
+    add_manifest_option(rc)
+    add_store_options(rc, jobs=True)
 
     d = sub.add_parser("demo", help="stage synthetic datasets from several processes, then commit them")
     d.add_argument("--workers", type=count, default=4, help="stager processes [4]")
     d.add_argument("--files", type=count, default=250, help="datasets each worker stages [250]")
     d.add_argument("--staging", type=Path, default=Path("staging"), help="staging directory [staging]")
     d.add_argument("--archive", type=directory, default=Path("archive"), help="archive directory [archive]")
-    _add_manifest_option(d)
+    add_manifest_option(d)
 
     m = sub.add_parser("manifest", help="manage a manifest")
     msub = m.add_subparsers(dest="manifest_command", required=True, parser_class=_Parser)
@@ -237,7 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args = build_parser().parse_args(argv)
             handlers = {"commit": _commit, "ingest": _ingest, "review": _review, "show": _show, "resolve": _resolve,
-                        "report": _report, "recover": _recover, "demo": _demo, "manifest": _manifest}  # fmt: skip
+                        "report": _report, "recover": _recover, "demo": _demo, "manifest": _manifest,
+                        "receive": run_receive}  # fmt: skip
             return handlers[args.command](args)
         except SystemExit as exc:  # --help
             return exc.code if isinstance(exc.code, int) else EXIT_OK

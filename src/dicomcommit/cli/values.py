@@ -1,5 +1,6 @@
 """The values of the command line's options and arguments: each a type for argparse, which
-turns its ``ArgumentTypeError`` into a usage error naming the option."""
+turns its ``ArgumentTypeError`` into a usage error naming the option; and the options that
+several commands share."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 from pathlib import Path
 
 from dicomcommit.locations import is_other_url
+from dicomcommit.manifests import ENV_MANIFEST
 
 
 def seconds(text: str) -> float:
@@ -63,3 +65,23 @@ def directory(text: str) -> Path:
     if not isinstance(location, Path):
         raise argparse.ArgumentTypeError(f"the demo runs on a directory, not {text!r}")
     return location
+
+
+def add_manifest_option(p: argparse.ArgumentParser) -> None:
+    """``--manifest URL``, on every command that opens a manifest."""
+    p.add_argument(
+        "--manifest",
+        metavar="URL",
+        default=None,
+        help=f"the manifest: a path, sqlite:///path or postgresql://user@host:port/dbname (many hosts) "
+        f"[${ENV_MANIFEST}, else ARCHIVE/.dicomcommit/manifest.sqlite]",
+    )
+
+
+def add_store_options(p: argparse.ArgumentParser, *, jobs: bool) -> None:
+    """The options of an object-store archive (s3://bucket/prefix)."""
+    p.add_argument("--endpoint-url", metavar="URL", default=None,
+                   help="the object store's endpoint [$AWS_ENDPOINT_URL, else AWS's]")  # fmt: skip
+    if jobs:
+        p.add_argument("--jobs", type=count, default=None, metavar="N",
+                       help="requests in flight at most, to an object store [32]")  # fmt: skip

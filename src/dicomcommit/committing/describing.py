@@ -15,7 +15,7 @@ from dicomcommit import _fs
 from dicomcommit.dicom.headers import Described, NotDicom, read_attrs, read_foreign
 from dicomcommit.hashing import hash_file
 from dicomcommit.naming import Attrs
-from dicomcommit.staging.journal import JournalIndex
+from dicomcommit.staging.journal import JournalIndex, labelled
 
 
 @dataclass
@@ -32,7 +32,13 @@ class Staged:
     unsynced: bool = False  # its bytes may not be durable yet
     invalid: str | None = None  # why it is not DICOM we can name
     left: str | None = None  # why it stays where it is for now (too young to be complete)
+    origin: str | None = None  # where its journal line says it came from (a DICOM peer)
     fd: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Its name in the manifest (see :func:`~dicomcommit.staging.journal.labelled`)."""
+        return labelled(self.name, self.origin)
 
     def open(self, dir_fd: int) -> int:
         """An fd on the file (in *dir_fd*), opened once, without following a symlink."""
@@ -90,7 +96,7 @@ class Describer:
             return staged
         record = None if self.journal is None else self.journal.get(name)
         if record is not None and record.describes(st):
-            staged.claimed, staged.unsynced = record.sha256, not record.durable
+            staged.claimed, staged.unsynced, staged.origin = record.sha256, not record.durable, record.origin
             if record.covers(self.keywords):
                 staged.attrs = record.attrs
                 return staged

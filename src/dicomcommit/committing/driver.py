@@ -286,7 +286,7 @@ class _Committer:
                 self._guarded(staged.name, partial(staged.hash, self.source.dir_fd))
                 staged.close()  # the hash is kept: a batch holds no fd per file
             target = None if staged.left is not None else self._target(staged)
-            claims.append(Claim(self.source.prefix + staged.name, target, staged.sha256 or staged.claimed, staged.size,
+            claims.append(Claim(self.source.prefix + staged.label, target, staged.sha256 or staged.claimed, staged.size,
                                 {k: staged.attrs.get(k) for k in self.template.keywords}, self.report.run,
                                 self.root))  # fmt: skip
         granted = self.manifest.claim(claims)
@@ -369,7 +369,7 @@ class _Committer:
         extra_links = staged.nlink - 1 if not self.source.copies else 0
         # A shared manifest names a file by its host and source; an SQLite one (one host) by its source.
         host = self.manifest.host if self.manifest.shared else ""
-        return File(self.source.prefix + staged.name, target, staged.sha256, staged.claimed, extra_links,
+        return File(self.source.prefix + staged.label, target, staged.sha256, staged.claimed, extra_links,
                     staged.invalid, host)  # fmt: skip
 
     def _ask(self, staged: Staged, step: Place) -> Answer:
@@ -380,7 +380,7 @@ class _Committer:
         if step.role is Role.INVALID_COPY:
             return Answer(placed)
         in_run = step.rel in self.placed
-        source = self.source.prefix + staged.name
+        source = self.source.prefix + staged.label
         rows: list[Record] = []
         busy = False
         if step.role is Role.CONFLICT_COPY:  # named by the bytes' hash: no need to read what is there

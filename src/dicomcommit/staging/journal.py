@@ -49,6 +49,7 @@ class StagedRecord:
     attrs: Attrs
     ino: int | None = None  # the file's identity when it was written (None: a line of an older version)
     mtime_ns: int | None = None
+    origin: str | None = None  # where it came from, when not from this host's own process (``AE@host:port``)
 
     def describes(self, st: os.stat_result) -> bool:
         """Whether the file *st* describes is still the one the stager wrote: the same inode,
@@ -65,6 +66,8 @@ class StagedRecord:
         fields = {"name": self.name, "sha256": self.sha256, "size": self.size, "durable": self.durable,
                   "ino": self.ino, "mtime_ns": self.mtime_ns}  # fmt: skip
         fields["attrs"] = self.attrs
+        if self.origin is not None:
+            fields["origin"] = self.origin
         return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
     @classmethod
@@ -73,7 +76,7 @@ class StagedRecord:
         try:
             raw: Any = json.loads(line)
             record = cls(raw["name"], raw["sha256"], raw["size"], raw["durable"], raw["attrs"],
-                         raw.get("ino"), raw.get("mtime_ns"))  # fmt: skip
+                         raw.get("ino"), raw.get("mtime_ns"), raw.get("origin"))  # fmt: skip
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         valid = (
@@ -83,8 +86,15 @@ class StagedRecord:
             and isinstance(record.attrs, dict)
             and isinstance(record.ino, int | None)
             and isinstance(record.mtime_ns, int | None)
+            and isinstance(record.origin, str | None)
         )
         return record if valid else None
+
+
+def labelled(name: str, origin: str | None) -> str:
+    """A staged file's name in the manifest's ``source`` column: its staged name, after the
+    origin its journal line gives (``CALLING_AE@host:port/<name>`` for a received instance)."""
+    return name if origin is None else f"{origin}/{name}"
 
 
 def journal_dir(staging: Path) -> Path:

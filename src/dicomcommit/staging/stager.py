@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +19,9 @@ from pydicom.dataset import Dataset
 
 from dicomcommit import _fs
 from dicomcommit._faults import point
+from dicomcommit.dicom.completeness import Incomplete, check_complete
 from dicomcommit.dicom.headers import NotDicom, attrs_from_bytes
-from dicomcommit.errors import EncodeError, StageError, UsageError
+from dicomcommit.errors import EncodeError, MismatchError, StageError, UsageError
 from dicomcommit.layout import STAGED_SUFFIX
 from dicomcommit.naming import COMMON_KEYWORDS, Attrs
 from dicomcommit.staging.journal import JournalWriter, StagedRecord, part_name
@@ -36,6 +37,8 @@ class _Prepared:
     name: str
     data: memoryview
     attrs: Attrs
+    origin: str | None = None
+    check: bool = False  # bytes from elsewhere: prove them structurally whole before they are named
 
 
 def _sha256(data: memoryview) -> str:
@@ -116,16 +119,49 @@ class Stager:
             EncodeError: pydicom could not encode *ds*; nothing was written.
             StageError: an OS error (disk full, permissions...); no file was left behind.
         """
-        prepared = self._prepare(ds, kwargs)
+        return self.staging_dir / self._stage(self._prepare(ds, kwargs)).name
+
+    def stage_encoded(
+        self, data: bytes | memoryview, *, origin: str | None = None, expect: Mapping[str, str] | None = None
+    ) -> StagedRecord:
+        """Stage *data*, a DICOM Part 10 file's bytes exactly as they are (as a network receiver
+        has them: no decode and re-encode), with the guarantees of :meth:`stage`.
+
+        Args:
+            origin: where the bytes came from (``CALLING_AE@host:port``); the manifest's
+                ``source`` of the file is then ``<origin>/<staged name>``.
+            expect: naming attributes the bytes must carry (a receiver's request names the
+                SOP Class and Instance UIDs of the data set it carries).
+
+        Returns:
+            What the journal records of it: its staged name, sha256, size and naming attributes.
+
+        Raises:
+            EncodeError: *data* is not a whole Part 10 file whose naming attributes pydicom can
+                read (the message says why); nothing was written.
+            MismatchError: an attribute of *expect* has another value in *data*; nothing was written.
+            StageError: as :meth:`stage`.
+        """
+        name = self._new_name()
+        try:
+            attrs = attrs_from_bytes(data, self.keywords, name=name)
+        except NotDicom as exc:
+            raise EncodeError(f"not a DICOM file that can be named: {exc}") from exc
+        for keyword, value in (expect or {}).items():
+            if attrs.get(keyword) != value:
+                raise MismatchError(keyword, f"its {keyword} is {attrs.get(keyword)!r}, not {value!r}")
+        return self._stage(_Prepared(name, memoryview(data), attrs, origin, check=True))
+
+    def _stage(self, prepared: _Prepared) -> StagedRecord:
         dir_fd = self._dir_fd()
-        self._write(dir_fd, prepared)
+        record = self._write(dir_fd, prepared)
         if self.durable:
             try:
                 self._dir_sync.sync(dir_fd)
             except OSError as exc:
                 _fs.unlink_quietly(dir_fd, prepared.name)  # the caller sees a failure: nothing may stay
                 raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / prepared.name, exc) from exc
-        return self.staging_dir / prepared.name
+        return record
 
     def stage_many(self, datasets: Iterable[Dataset], **kwargs: Any) -> list[Path]:
         """Stage several datasets; with the same guarantees as :meth:`stage`, when it returns.
@@ -182,9 +218,7 @@ class Stager:
 
     def _prepare(self, ds: Dataset, kwargs: dict[str, Any]) -> _Prepared:
         data = encode(ds, **{"enforce_file_format": True, **kwargs})
-        # Nanoseconds first: sorting names sorts by staging time (mtimes tie within a clock
-        # tick), so the file staged first wins its final name. The UUID makes it unique.
-        name = f"{time.time_ns():016x}-{uuid.uuid4().hex}{STAGED_SUFFIX}"
+        name = self._new_name()
         # From the bytes, not from *ds*: commit names a file without its journal line the same way.
         try:
             attrs = attrs_from_bytes(data, self.keywords, name=name)
@@ -192,8 +226,16 @@ class Stager:
             raise EncodeError(f"pydicom cannot read back what it encoded: {exc}") from exc
         return _Prepared(name, data, attrs)
 
-    def _write(self, dir_fd: int, prepared: _Prepared) -> None:
-        self._publish(dir_fd, self._write_part(dir_fd, prepared, fsync=self.durable, hash_aside=True))
+    @staticmethod
+    def _new_name() -> str:
+        # Nanoseconds first: sorting names sorts by staging time (mtimes tie within a clock
+        # tick), so the file staged first wins its final name. The UUID makes it unique.
+        return f"{time.time_ns():016x}-{uuid.uuid4().hex}{STAGED_SUFFIX}"
+
+    def _write(self, dir_fd: int, prepared: _Prepared) -> StagedRecord:
+        record = self._write_part(dir_fd, prepared, fsync=self.durable, hash_aside=True)
+        self._publish(dir_fd, record)
+        return record
 
     def _write_part(self, dir_fd: int, prepared: _Prepared, *, fsync: bool, hash_aside: bool = False) -> StagedRecord:
         """Write ``<name>.part`` (fsynced if asked) and return its record.
@@ -209,10 +251,26 @@ class Stager:
             st = _fs.write_exclusive(dir_fd, part, prepared.data, durable=fsync, stamp=True)
         except OSError as exc:
             raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / part, exc) from exc
+        if prepared.check:
+            self._check_whole(dir_fd, part, st.st_size)
         sha256 = _sha256(prepared.data) if digest is None else digest.result()
         point("stage:after-write")
         return StagedRecord(prepared.name, sha256, len(prepared.data), self.durable, prepared.attrs,
-                            ino=st.st_ino, mtime_ns=st.st_mtime_ns)  # fmt: skip
+                            ino=st.st_ino, mtime_ns=st.st_mtime_ns, origin=prepared.origin)  # fmt: skip
+
+    def _check_whole(self, dir_fd: int, part: str, size: int) -> None:
+        """Walk the written file's element headers (a few KiB of reads from the page cache)."""
+        try:
+            fd = _fs.open_read(part, dir_fd)
+            try:
+                check_complete(fd, size)
+            finally:
+                os.close(fd)
+        except (Incomplete, OSError) as exc:
+            _fs.unlink_quietly(dir_fd, part)
+            if isinstance(exc, Incomplete):
+                raise EncodeError(f"not a whole DICOM file: {exc}") from exc
+            raise StageError(f"could not stage ({exc.strerror})", self.staging_dir / part, exc) from exc
 
     def _part(self, name: str) -> str:
         """The ``.part`` name of *name*: it names this process's journal, whose lock tells
