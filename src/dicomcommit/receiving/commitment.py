@@ -64,6 +64,16 @@ class Received:
     source: str
     sha256: str
 
+    @property
+    def staged_name(self) -> str:
+        """Its name in staging (the source is ``AE@host:port/<staged name>``)."""
+        return self.source.rpartition("/")[2]
+
+    @property
+    def ae_title(self) -> str:
+        """The calling AE title that sent it."""
+        return self.source.rpartition("/")[0].rpartition("@")[0]
+
 
 @dataclass(frozen=True)
 class Report:
@@ -167,49 +177,54 @@ class CommitmentStore:
             self._db.close()
 
 
-def decide(
-    request: Request, store: CommitmentStore, manifest: BaseManifest, archive: BaseArchive, staging: Path
-) -> Report | None:
-    """The report for *request*; None while one of its instances is still staged (waiting
-    for commit). Call after a commit pass that began after the request was recorded."""
-    committed: list[Item] = []
-    failed: list[tuple[str, str, int]] = []
-    for sop_class, uid in request.items:
-        reason = _failure((sop_class, uid), store, manifest, archive, staging)
-        if reason is _WAIT:
+@dataclass(frozen=True)
+class Decider:
+    """Decides reports against the manifest and the archive; use after a commit pass that
+    began after the request was recorded."""
+
+    store: CommitmentStore
+    manifest: BaseManifest
+    archive: BaseArchive
+    staging: Path
+
+    def decide(self, request: Request) -> Report | None:
+        """The report for *request*; None while one of its instances is still staged."""
+        committed: list[Item] = []
+        failed: list[tuple[str, str, int]] = []
+        for item in request.items:
+            reason = self._failure(item, request.ae_title)
+            if reason == _WAIT:
+                return None
+            if reason is None:
+                committed.append(item)
+            else:
+                failed.append((*item, reason))
+        return Report(request.txn, tuple(committed), tuple(failed))
+
+    def _failure(self, item: Item, requester: str) -> int | None:
+        """None: stored, and its bytes verified in the archive; else the failure reason (or _WAIT).
+
+        What counts is the version of the instance the requester sent last (or, when it sent
+        none, the last one received): a second version that is a conflict is not committed,
+        although its first version is.
+        """
+        sop_class, uid = item
+        received = self.store.received(uid)
+        if not received:
+            return NO_SUCH_INSTANCE
+        received = [r for r in received if r.ae_title == requester] or received
+        latest = max(received, key=lambda r: r.staged_name)  # staged names begin with the staging time
+        if latest.sop_class != sop_class:
+            return CLASS_INSTANCE_CONFLICT
+        row = self.manifest.find(latest.source, latest.sha256)
+        if row is None:  # no outcome yet: still staged (commit takes it next), else it is not stored
+            return _WAIT if (self.staging / latest.staged_name).exists() else PROCESSING_FAILURE
+        if row.status in _STORED and _verified(self.archive, row.path, latest.sha256):
             return None
-        if reason is None:
-            committed.append((sop_class, uid))
-        else:
-            failed.append((sop_class, uid, reason))
-    return Report(request.txn, tuple(committed), tuple(failed))
+        return PROCESSING_FAILURE
 
 
 _WAIT = -1
-
-
-def _failure(
-    item: Item, store: CommitmentStore, manifest: BaseManifest, archive: BaseArchive, staging: Path
-) -> int | None:
-    """None: stored, and its bytes verified in the archive; else the failure reason (or _WAIT)."""
-    sop_class, uid = item
-    received = store.received(uid)
-    if not received:
-        return NO_SUCH_INSTANCE
-    if all(r.sop_class != sop_class for r in received):
-        return CLASS_INSTANCE_CONFLICT
-    waiting = False
-    for r in received:
-        if r.sop_class != sop_class:
-            continue
-        row = manifest.find(r.source, r.sha256)
-        if row is None:
-            # No outcome yet: still staged (commit will take it), else it is not stored.
-            waiting = waiting or (staging / r.source.rpartition("/")[2]).exists()
-            continue
-        if row.status in _STORED and _verified(archive, row.path, r.sha256):
-            return None
-    return _WAIT if waiting else PROCESSING_FAILURE
 
 
 def _verified(archive: BaseArchive, rel: str, sha256: str) -> bool:

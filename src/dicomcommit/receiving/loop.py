@@ -17,7 +17,7 @@ from dicomcommit.archives import open_archive
 from dicomcommit.committing.driver import commit
 from dicomcommit.errors import DicomCommitError
 from dicomcommit.manifests import manifest_url, open_manifest
-from dicomcommit.receiving.commitment import CommitmentStore, Received, Report, Request, decide
+from dicomcommit.receiving.commitment import CommitmentStore, Decider, Received, Report, Request
 from dicomcommit.receiving.events import EventLog
 from dicomcommit.receiving.peers import Peer
 from dicomcommit.receiving.reports import DeliveryError, send
@@ -70,6 +70,7 @@ class CommitLoop:
             self._asked[txn] = self._passes
             if assoc is not None:
                 self._assocs[txn] = assoc
+            self._asked_pass = True  # the requester may be waiting on its association: commit now
             self._wake.notify_all()
 
     def commit_now(self, timeout: float | None = None) -> bool:
@@ -158,8 +159,9 @@ class CommitLoop:
         try:
             archive = open_archive(s.archive, manifest=url, endpoint_url=s.commit_args.get("endpoint_url"))
             with open_manifest(s.archive, manifest=url) as manifest:
+                decider = Decider(self.store, manifest, archive, s.staging)
                 for request in ready:
-                    report = request.report or decide(request, self.store, manifest, archive, s.staging)
+                    report = request.report or decider.decide(request)
                     if report is None:
                         continue  # an instance of it is still staged
                     if request.report is None:
@@ -187,7 +189,8 @@ class CommitLoop:
         self._assocs.pop(request.txn, None)
         self._retry.pop(request.txn, None)
         failed = {f"0x{reason:04X}": sum(1 for *_, r in report.failed if r == reason) for *_, reason in report.failed}
+        reasons = "".join(f", {n} with {reason}" for reason, n in failed.items())
         self.events.event("commitment", f"storage commitment {request.txn} for {request.ae_title}: "
-                          f"{len(report.committed)} committed, {len(report.failed)} failed {failed or ''}, "
+                          f"{len(report.committed)} committed, {len(report.failed)} failed{reasons}; "
                           f"reported on {how}", txn=request.txn, delivered=True, committed=len(report.committed),
                           failed=len(report.failed), reasons=failed)  # fmt: skip
