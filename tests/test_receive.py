@@ -30,6 +30,7 @@ from dicomcommit.errors import MismatchError
 from dicomcommit.receiving import Receiver
 from dicomcommit.receiving.receiver import CANNOT_PARSE, IMPLEMENTATION_CLASS_UID
 from dicomcommit.receiving.reports import COMMITMENT_INSTANCE
+from dicomcommit.staging.journal import journal_dir
 from tests.conftest import ROOT, archive_files, sha256_of, staged_files, wheel_file
 
 NO_SUCH_INSTANCE, PROCESSING_FAILURE, CLASS_INSTANCE_CONFLICT = 0x0112, 0x0110, 0x0119
@@ -503,3 +504,19 @@ def test_sigterm_stops_the_command_and_commits_what_it_received(dirs: tuple[Path
     assert "1 committed" in err
     assert list(archive_files(archive)) == [str(committed_file(archive, ct.SOPInstanceUID).relative_to(archive))]
     assert staged_files(staging) == []
+
+
+def test_a_long_running_receiver_leaves_no_journal_lines_of_committed_instances(
+    start_receiver: StartReceiver, dirs: tuple[Path, Path], make_ds: Callable[..., Dataset]
+) -> None:
+    """Each pass starts a new journal, so commit prunes the last one: a receiver that runs for
+    months does not make every pass read the lines of everything it ever received."""
+    staging, _ = dirs
+    receiver = start_receiver(commit_interval=600)
+    sender = Sender(receiver.address[1])
+    for index in range(3):
+        assert sender.store(make_ds(index)) == 0
+        assert receiver.commit_now(30)
+        lines = [line for journal in journal_dir(staging).glob("*.jsonl") for line in journal.read_bytes().splitlines()]
+        assert lines == []
+    sender.release()

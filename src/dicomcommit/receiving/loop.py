@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,17 @@ class CommitLoop:
     """Runs commit passes in a thread of its own; :meth:`stop` runs a last one."""
 
     def __init__(
-        self, settings: CommitSettings, store: CommitmentStore, events: EventLog, peers: dict[str, Peer], ae_title: str
+        self,
+        settings: CommitSettings,
+        store: CommitmentStore,
+        events: EventLog,
+        peers: dict[str, Peer],
+        ae_title: str,
+        *,
+        before_pass: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings, self.store, self.events, self.peers, self.ae_title = settings, store, events, peers, ae_title
+        self._before_pass = before_pass
         self._wake = threading.Condition()
         self._waiting: list[Received] = []  # received since the last pass
         self._stopping = False
@@ -117,6 +126,7 @@ class CommitLoop:
             self.events.event("error", f"commit pass skipped: {exc}", logging.ERROR, error=str(exc))
             self._finished()
             return
+        self._before_pass()
         self._commit()
         self._reports(number)
         self._finished()

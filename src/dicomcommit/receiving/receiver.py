@@ -16,12 +16,13 @@ its SOP Instance UID is not the request's. Nothing is left in staging for a fail
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -71,6 +72,51 @@ DEFAULT_MAX_ASSOCIATIONS = 16
 DEFAULT_COMMIT_INTERVAL = 5.0
 DEFAULT_COMMIT_FILES = 1000
 DEFAULT_DRAIN = 5.0  # seconds stop() waits for senders to release before aborting them
+
+
+class _Stagers:
+    """The receiver's stager, replaced before each commit pass: a journal stays locked while
+    its stager lives, so commit could never prune it, and every pass would read it whole."""
+
+    def __init__(self, staging: Path, durable: bool) -> None:
+        self._staging, self._durable = staging, durable
+        self._lock = threading.Lock()
+        self._current = Stager(staging, durable=durable)
+        self._users: dict[Stager, int] = {self._current: 0}
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[Stager]:
+        """The current stager, for one instance."""
+        with self._lock:
+            stager = self._current
+            self._users[stager] += 1
+        try:
+            yield stager
+        finally:
+            with self._lock:
+                self._users[stager] -= 1
+                done = stager is not self._current and not self._users[stager]
+                if done:
+                    del self._users[stager]
+            if done:
+                stager.close()
+
+    def rotate(self) -> None:
+        """Start a new stager (and journal); the old one closes once its last instance is staged."""
+        with self._lock:
+            old, self._current = self._current, Stager(self._staging, durable=self._durable)
+            self._users[self._current] = 0
+            done = not self._users[old]
+            if done:
+                del self._users[old]
+        if done:
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            stagers, self._users = list(self._users), {}
+        for stager in stagers:
+            stager.close()
 
 
 class Receiver:
@@ -169,12 +215,14 @@ class Receiver:
         """
         check_dir(self.staging, "staging directory")
         self._events = EventLog(self._json_log)
-        self._stager = Stager(self.staging, durable=self._durable)
+        self._stagers = _Stagers(self.staging, self._durable)
         self._store = CommitmentStore(self.staging)
         s = self._settings
         open_archive(s.archive, manifest=s.commit_args["manifest"], endpoint_url=s.commit_args["endpoint_url"])
         self._store.add_received(_staged_before(self.staging))
-        self._loop = CommitLoop(s, self._store, self._events, self.peers, self.ae_title)
+        self._loop = CommitLoop(
+            s, self._store, self._events, self.peers, self.ae_title, before_pass=self._stagers.rotate
+        )
         self._loop.start()
         ae = self._ae()
         try:
@@ -240,7 +288,7 @@ class Receiver:
         self._loop.stop()
         self._events.event("stopped", f"{self.ae_title} stopped; staging {self.staging} committed")
         self._store.close()
-        self._stager.close()
+        self._stagers.close()
         self._events.close()
 
     def commit_now(self, timeout: float | None = None) -> bool:
@@ -298,9 +346,9 @@ class Receiver:
         origin = f"{ae_title}@{address}"
         try:
             data = _part10(uid, sop_class, str(event.context.transfer_syntax), request.DataSet)
-            record = self._stager.stage_encoded(
-                data, origin=origin, expect={"SOPClassUID": sop_class, "SOPInstanceUID": uid}
-            )
+            with self._stagers.using() as stager:
+                record = stager.stage_encoded(data, origin=origin,
+                                              expect={"SOPClassUID": sop_class, "SOPInstanceUID": uid})  # fmt: skip
         except MismatchError as exc:
             code = CLASS_MISMATCH if exc.keyword == "SOPClassUID" else INSTANCE_MISMATCH
             return self._refused(code, f"the data set does not match the request: {exc}", fields)
