@@ -520,3 +520,13 @@ def test_a_long_running_receiver_leaves_no_journal_lines_of_committed_instances(
         lines = [line for journal in journal_dir(staging).glob("*.jsonl") for line in journal.read_bytes().splitlines()]
         assert lines == []
     sender.release()
+
+
+def test_a_json_log_that_cannot_be_opened_is_a_clear_failure(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    staging, archive = dirs
+    done = subprocess.run([sys.executable, "-m", "dicomcommit", "receive", str(staging), str(archive), "--port", "0",
+                           "--json-log", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "cannot start" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -210,26 +210,33 @@ class Receiver:
         """Take over what a previous run left staged, start the commit loop, and listen.
 
         Raises:
-            ReceiveError: the port is in use, or the receiver's state cannot be opened.
+            ReceiveError: the port is in use, or the receiver's state or JSON log cannot be
+                opened (nothing is left running).
             DicomCommitError: the archive cannot be opened (an object store's bucket is missing...).
         """
         check_dir(self.staging, "staging directory")
-        self._events = EventLog(self._json_log)
-        self._stagers = _Stagers(self.staging, self._durable)
-        self._store = CommitmentStore(self.staging)
-        s = self._settings
-        open_archive(s.archive, manifest=s.commit_args["manifest"], endpoint_url=s.commit_args["endpoint_url"])
-        self._store.add_received(_staged_before(self.staging))
-        self._loop = CommitLoop(
-            s, self._store, self._events, self.peers, self.ae_title, before_pass=self._stagers.rotate
-        )
-        self._loop.start()
-        ae = self._ae()
-        try:
-            self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=self._handlers())
-        except OSError as exc:
-            self._loop.stop()
-            raise ReceiveError(f"cannot listen on port {self.port} ({exc.strerror or exc})") from exc
+        with contextlib.ExitStack() as undo:  # everything started is stopped again unless all of it starts
+            try:
+                self._events = EventLog(self._json_log)
+                undo.callback(self._events.close)
+                self._stagers = _Stagers(self.staging, self._durable)
+                undo.callback(self._stagers.close)
+                self._store = CommitmentStore(self.staging)
+                undo.callback(self._store.close)
+                s = self._settings
+                open_archive(s.archive, manifest=s.commit_args["manifest"], endpoint_url=s.commit_args["endpoint_url"])
+                self._store.add_received(_staged_before(self.staging))
+            except OSError as exc:
+                raise ReceiveError(f"cannot start: {exc.strerror} ({exc.filename or self.staging})") from exc
+            self._loop = CommitLoop(s, self._store, self._events, self.peers, self.ae_title,
+                                    before_pass=self._stagers.rotate)  # fmt: skip
+            try:
+                self._server = self._ae().start_server((self.host, self.port), block=False,
+                                                       evt_handlers=self._handlers())  # fmt: skip
+            except OSError as exc:
+                raise ReceiveError(f"cannot listen on port {self.port} ({exc.strerror or exc})") from exc
+            self._loop.start()
+            undo.pop_all()
         host, port = self.address
         who = "any calling AE title" if not self.allowed else ", ".join(
             a.ae_title + (f"@{a.host}" if a.host else "") for a in self.allowed)  # fmt: skip
