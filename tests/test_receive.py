@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
-from pynetdicom import AE, _config, evt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID, generate_uid
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -28,8 +31,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicomcommit import EncodeError, Manifest, Stager, UsageError
 from dicomcommit.errors import MismatchError
 from dicomcommit.receiving import Receiver
-from dicomcommit.receiving.receiver import CANNOT_PARSE, IMPLEMENTATION_CLASS_UID
+from dicomcommit.receiving.receiver import CANNOT_PARSE
 from dicomcommit.receiving.reports import COMMITMENT_INSTANCE
+from dicomcommit.receiving.wire import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Contexts, part10
 from dicomcommit.staging.journal import journal_dir
 from tests.conftest import ROOT, archive_files, sha256_of, staged_files, wheel_file
 
@@ -170,6 +174,42 @@ def test_stage_encoded_refuses_bytes_that_do_not_carry_the_expected_uids(dirs: t
         stager.stage_encoded(data, expect={"SOPInstanceUID": "1.2.3"})
     assert info.value.keyword == "SOPInstanceUID"
     assert staged_files(staging) == []
+
+
+# -- what surrounds a received data set ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uid", "syntax"),
+    [
+        ("1.2.3", "1.2.840.10008.1.2"),
+        ("1.2.34", "1.2.840.10008.1.2.1"),
+        ("1.2.840.10008.5.1.4.1.1.2.1234567", "1.2.840.10008.1.2.4.90"),
+    ],
+)
+def test_the_file_meta_is_what_pydicom_writes_for_the_same_values(uid: str, syntax: str) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UID(CTImageStorage), UID(uid)
+    meta.TransferSyntaxUID = UID(syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    expected = DicomBytesIO()
+    expected.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(expected, meta, enforce_standard=True)
+    assert part10(CTImageStorage, uid, syntax, b"DATA") == expected.getvalue() + b"DATA"
+
+
+def test_each_association_gets_its_own_copy_of_the_contexts() -> None:
+    contexts = Contexts.everything()
+    copied = copy.deepcopy(contexts)
+    assert [(c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role) for c in copied] == [
+        (c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role) for c in contexts
+    ]
+    copied[0].transfer_syntax.clear()
+    copied[0].context_id = 7
+    assert contexts[0].transfer_syntax
+    assert contexts[0].context_id is None
+    assert len(contexts) == len(AllStoragePresentationContexts) + 2
 
 
 # -- receiving ------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ its SOP Instance UID is not the request's. Nothing is left in staging for a fail
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import threading
@@ -26,15 +25,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import cast
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE, N_ACTION
 from pynetdicom.events import Event
-from pynetdicom.sop_class import StorageCommitmentPushModel, Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomcommit.archives import open_archive
@@ -49,14 +44,10 @@ from dicomcommit.receiving.events import EventLog
 from dicomcommit.receiving.loop import CommitLoop, CommitSettings
 from dicomcommit.receiving.peers import Allowed, check_ae_title, parse_allow, parse_peers
 from dicomcommit.receiving.reports import COMMITMENT_INSTANCE
+from dicomcommit.receiving.wire import Contexts, part10
 from dicomcommit.scanning import scan_staging
 from dicomcommit.staging.journal import JournalIndex, labelled
 from dicomcommit.staging.stager import Stager
-
-#: The File Meta the receiver writes names it so, whatever its version: a version in it would
-#: make an instance re-sent after an upgrade a different file (a conflict with itself).
-IMPLEMENTATION_CLASS_UID = "2.25.46451002928917272678041283116765102815"
-IMPLEMENTATION_VERSION_NAME = "DICOMCOMMIT"
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -232,7 +223,8 @@ class Receiver:
                                     before_pass=self._stagers.rotate)  # fmt: skip
             try:
                 self._server = self._ae().start_server((self.host, self.port), block=False,
-                                                       evt_handlers=self._handlers())  # fmt: skip
+                                                       evt_handlers=self._handlers(),
+                                                       contexts=Contexts.everything())  # fmt: skip
             except OSError as exc:
                 raise ReceiveError(f"cannot listen on port {self.port} ({exc.strerror or exc})") from exc
             self._loop.start()
@@ -246,10 +238,6 @@ class Receiver:
 
     def _ae(self) -> AE:
         ae = AE(self.ae_title)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(cast(UID, context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(StorageCommitmentPushModel, ALL_TRANSFER_SYNTAXES)
         ae.maximum_associations = self.max_associations
         ae.maximum_pdu_size = 0  # no limit: a sender splits an instance into as few PDUs as it can
         ae.require_called_aet = False  # modalities often call a receiver by another name
@@ -352,14 +340,16 @@ class Receiver:
         fields = {"calling_ae": ae_title, "address": address, "sop_instance_uid": uid, "sop_class_uid": sop_class}
         origin = f"{ae_title}@{address}"
         try:
-            data = _part10(uid, sop_class, str(event.context.transfer_syntax), request.DataSet)
+            if request.DataSet is None:
+                raise EncodeError("no data set in the request")
+            data = part10(sop_class, uid, str(event.context.transfer_syntax), request.DataSet.getbuffer())
             with self._stagers.using() as stager:
                 record = stager.stage_encoded(data, origin=origin,
                                               expect={"SOPClassUID": sop_class, "SOPInstanceUID": uid})  # fmt: skip
         except MismatchError as exc:
             code = CLASS_MISMATCH if exc.keyword == "SOPClassUID" else INSTANCE_MISMATCH
             return self._refused(code, f"the data set does not match the request: {exc}", fields)
-        except EncodeError as exc:
+        except (EncodeError, UnicodeError) as exc:  # (a UID that is not ASCII)
             return self._refused(CANNOT_PARSE, f"cannot be parsed: {exc}", fields)
         except (StageError, DicomCommitError, OSError) as exc:
             return self._refused(OUT_OF_RESOURCES, f"could not be staged: {exc}", fields, logging.ERROR)
@@ -418,23 +408,6 @@ def _status(code: int, comment: str) -> Dataset:
     status.Status = code
     status.ErrorComment = comment[:64]  # LO
     return status
-
-
-def _part10(uid: str, sop_class: str, syntax: str, data_set: io.BytesIO | None) -> bytes:
-    """The Part 10 file of a received data set: our File Meta, then the data set's bytes as sent."""
-    if data_set is None:
-        raise EncodeError("no data set in the request")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class)
-    meta.MediaStorageSOPInstanceUID = UID(uid)
-    meta.TransferSyntaxUID = UID(syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    out = DicomBytesIO()
-    out.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(out, meta, enforce_standard=True)
-    out.write(data_set.getbuffer())
-    return out.getvalue()
 
 
 def _staged_before(staging: Path) -> list[Received]:
