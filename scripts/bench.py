@@ -6,11 +6,15 @@
     .venv/bin/python scripts/bench.py --json     # machine-readable
     .venv/bin/python scripts/bench.py --only pg  # the PostgreSQL manifest's rows only
     .venv/bin/python scripts/bench.py --only s3  # the object-store archive's rows only
+    .venv/bin/python scripts/bench.py --only receive  # the receivers side by side only
 
 The PostgreSQL manifest's rows (scripts/_bench_pg.py) run on a throwaway server of their own
 (tests/pg_server.py); without PostgreSQL's binaries, or with --no-pg, they are skipped. The
 object-store rows (scripts/_bench_s3.py) run against moto on loopback (tests/s3_server.py)
 through the fault proxy (tests/s3_proxy.py), which adds 20 ms to every request; --no-s3 skips them.
+The receivers' rows (scripts/_bench_receive.py) send one stream with 4 DCMTK storescu at once
+to storescp, Orthanc (when installed) and dicomcommit receive; without DCMTK, or with
+--no-receive, they are skipped.
 
 Every variant runs on fresh directories, and nothing is deleted until the end: on some
 filesystems, deleting thousands of files slows later file creation for a while, which
@@ -38,6 +42,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 import _bench_pg
+import _bench_receive
 import _bench_s3
 from dicomcommit import Stager, commit
 from dicomcommit.manifests.sqlite import SQLiteManifest as Manifest
@@ -388,6 +393,14 @@ def bench_s3(bench: Bench, n: int, loop_files: int) -> tuple[list[Row], dict[str
     return rows, cpu
 
 
+def bench_receive(bench: Bench, args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
+    """One stream (re-sends and second versions in it) sent by 4 storescu at once to each receiver."""
+    kind = args.receive_kind
+    n = args.receive_files or (args.files if kind == "tiny" else args.ct_files)
+    r = _bench_receive.measure(bench, n, kind=kind, size=SIZES[kind], nodelay=not args.receive_nagle)
+    return [Row(**row) for row in r.pop("rows")], r
+
+
 # --- the run ---------------------------------------------------------------------------
 
 
@@ -399,21 +412,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bench = Bench(Path(tmp), args.runs)
         if args.only is None:
             rows += run_files(bench, args, extra)
-        if args.no_s3 or args.only == "pg":
-            extra["s3_skipped"] = "--no-s3" if args.no_s3 else "--only pg"
+        if args.no_s3 or args.only not in (None, "s3"):
+            extra["s3_skipped"] = "--no-s3" if args.no_s3 else f"--only {args.only}"
         else:
             try:
                 s3_rows, extra["s3_cpu"] = bench_s3(bench, args.s3_files or args.files, args.s3_loop_files)
                 rows += s3_rows
             except _bench_s3.Unavailable as exc:
                 extra["s3_skipped"] = str(exc)
-        if args.no_pg or args.only == "s3":
-            extra["pg_skipped"] = "--no-pg" if args.no_pg else "--only s3"
+        if args.no_pg or args.only not in (None, "pg"):
+            extra["pg_skipped"] = "--no-pg" if args.no_pg else f"--only {args.only}"
         else:
             try:
                 rows += bench_pg(bench, args.pg_files or args.files)
             except _bench_pg.Unavailable as exc:
                 extra["pg_skipped"] = str(exc)
+        if args.no_receive or args.only not in (None, "receive"):
+            extra["receive_skipped"] = "--no-receive" if args.no_receive else f"--only {args.only}"
+        else:
+            try:
+                receive_rows, extra["receive"] = bench_receive(bench, args)
+                rows += receive_rows
+            except _bench_receive.Unavailable as exc:
+                extra["receive_skipped"] = str(exc)
         shutil.rmtree(tmp, ignore_errors=True)  # deleting is left to the very end
     extra["load_average"] = {"cpus": os.cpu_count(), "start": load, "end": os.getloadavg()[0]}
     dropped = None if args.only is not None else bench.cache_dropped  # (None: no run writes from a cold cache)
@@ -474,6 +495,10 @@ def print_table(result: dict[str, Any]) -> None:
             bound = 1000 / c["moto_cpu_ms_per_file"]  # one PUT per file, and moto runs them one at a time
             print(f"  the server alone accepts at most {bound:,.0f} files/s: {bound / loop:.1f}x the 20 ms loop, "
                   "for any client")  # fmt: skip
+    if "receive_skipped" in result:
+        print(f"\nreceivers' rows skipped: {result['receive_skipped']}")
+    if "receive" in result:
+        _bench_receive.print_summary(result["receive"])
     if "header_bytes" in result:
         print("\nbytes one commit reads for one foreign file (header, manifest and all):")
         for h in result["header_bytes"]:
@@ -509,17 +534,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-loop-files", type=int, default=200,
                         help="files per run of the sequential put_object loop (its rate per file) [200]")  # fmt: skip
     parser.add_argument("--no-s3", action="store_true", help="skip the object-store rows")
-    parser.add_argument("--only", choices=["pg", "s3"], default=None,
-                        help="run only these rows (pg: the PostgreSQL ones; s3: the object-store ones)")  # fmt: skip
+    parser.add_argument("--receive-files", type=int, default=None,
+                        help="distinct instances in the receivers' stream [--files; --ct-files for ct]")  # fmt: skip
+    parser.add_argument("--receive-kind", choices=sorted(SIZES), default="tiny", help="its files' size [tiny]")
+    parser.add_argument("--receive-nagle", action="store_true",
+                        help="leave Nagle's algorithm on in DCMTK (its default; TCP_NODELAY=1 otherwise)")  # fmt: skip
+    parser.add_argument("--no-receive", action="store_true", help="skip the receivers' rows")
+    parser.add_argument("--only", choices=["pg", "s3", "receive"], default=None,
+                        help="run only these rows (pg: the PostgreSQL ones; s3: the object-store ones; "
+                        "receive: the receivers side by side)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.files, args.ct_files, args.scale, args.kinds = 1, 40, 10, 400, ["tiny"]
         args.pg_files = min(args.pg_files or 40, 40)
         args.s3_loop_files = min(args.s3_loop_files, 20)
-    if args.only == "pg" and args.no_pg:
-        parser.error("--only pg and --no-pg leave nothing to run")
-    if args.only == "s3" and args.no_s3:
-        parser.error("--only s3 and --no-s3 leave nothing to run")
+        args.receive_files = min(args.receive_files or 40, 40)
+    for name in ("pg", "s3", "receive"):
+        if args.only == name and getattr(args, f"no_{name}"):
+            parser.error(f"--only {name} and --no-{name} leave nothing to run")
     result = run(args)
     if args.json:
         json.dump(result, sys.stdout, indent=2)

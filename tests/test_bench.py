@@ -19,7 +19,7 @@ S3_ROWS = {"put_object loop, 20 ms added", "commit into S3, 20 ms added", "put_o
 
 def test_bench_quick_runs_and_reports_every_variant(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", "--dir", str(tmp_path)],
+        [sys.executable, str(SCRIPT), "--quick", "--json", "--no-receive", "--dir", str(tmp_path)],
         capture_output=True, text=True, check=True, timeout=300,
     )  # fmt: skip
     report = json.loads(result.stdout)
@@ -46,8 +46,8 @@ def test_bench_quick_runs_and_reports_every_variant(tmp_path: Path) -> None:
 def test_bench_no_pg_and_only_pg_select_the_postgresql_rows(tmp_path: Path) -> None:
     """--no-pg reports the rows skipped; --only pg runs nothing else (and is refused with --no-pg)."""
     args = [sys.executable, str(SCRIPT), "--quick", "--json", "--dir", str(tmp_path)]
-    skipped = json.loads(subprocess.run([*args, "--no-pg", "--no-s3", "--scale", "0", "--kinds"], capture_output=True,
-                                        text=True, check=True, timeout=300).stdout)  # fmt: skip
+    skipped = json.loads(subprocess.run([*args, "--no-pg", "--no-s3", "--no-receive", "--scale", "0", "--kinds"],
+                                        capture_output=True, text=True, check=True, timeout=300).stdout)  # fmt: skip
     assert skipped["pg_skipped"] == "--no-pg"
     assert skipped["s3_skipped"] == "--no-s3"
     assert not any("PostgreSQL" in row["name"] for row in skipped["rows"])
