@@ -41,6 +41,14 @@ NO_SUCH_INSTANCE, PROCESSING_FAILURE, CLASS_INSTANCE_CONFLICT = 0x0112, 0x0110, 
 StartReceiver = Callable[..., Receiver]
 
 
+def dcmtk(tool: str) -> str:
+    """DCMTK's *tool*: pynetdicom installs scripts of the same names into the venv."""
+    for directory in ("/usr/bin", "/usr/local/bin"):
+        if os.access(f"{directory}/{tool}", os.X_OK):
+            return f"{directory}/{tool}"
+    raise AssertionError(f"DCMTK's {tool} is not installed (scripts/test installs it)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -451,7 +459,7 @@ def test_allow_admits_listed_ae_titles_and_hosts_and_rejects_the_others(start_re
     port = receiver.address[1]
 
     def echo(ae_title: str) -> int:
-        return subprocess.run(["echoscu", "-aet", ae_title, "127.0.0.1", str(port)], capture_output=True,
+        return subprocess.run([dcmtk("echoscu"), "-aet", ae_title, "127.0.0.1", str(port)], capture_output=True,
                               check=False).returncode  # fmt: skip
 
     assert echo("MODALITY") == 0
