@@ -54,6 +54,7 @@ class CommitLoop:
         self._before_pass = before_pass
         self._wake = threading.Condition()
         self._waiting: list[Received] = []  # received since the last pass
+        self._unrecorded: list[Received] = []  # received, but the state could not record them yet
         self._stopping = False
         self._asked_pass = False  # commit_now() wants a pass
         self._passes = 0  # passes begun
@@ -118,18 +119,28 @@ class CommitLoop:
             self._passes += 1
             number = self._passes
             waiting, self._waiting = self._waiting, []
+        recorded = self._record_received(waiting)
+        self._before_pass()
+        # Commit even when the record failed: a full staging disk fills the state too, and
+        # only commit frees it. The record is tried again before any report is decided.
+        self._commit()
+        if recorded or self._record_received([]):
+            self._reports(number)
+        self._finished()
+
+    def _record_received(self, waiting: list[Received]) -> bool:
+        """Record what was received (and whatever an earlier pass could not); False if it failed."""
+        with self._wake:
+            waiting, self._unrecorded = self._unrecorded + waiting, []
         try:
             self.store.add_received(waiting)
         except DicomCommitError as exc:
-            with self._wake:  # nothing may leave staging before it is recorded as received: not this pass
-                self._waiting[:0] = waiting
-            self.events.event("error", f"commit pass skipped: {exc}", logging.ERROR, error=str(exc))
-            self._finished()
-            return
-        self._before_pass()
-        self._commit()
-        self._reports(number)
-        self._finished()
+            with self._wake:
+                self._unrecorded = waiting
+            self.events.event("error", f"received instances not recorded yet (tried again): {exc}", logging.ERROR,
+                              error=str(exc))  # fmt: skip
+            return False
+        return True
 
     def _finished(self) -> None:
         with self._wake:

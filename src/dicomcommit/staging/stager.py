@@ -148,6 +148,8 @@ class Stager:
         except NotDicom as exc:
             raise EncodeError(f"not a DICOM file that can be named: {exc}") from exc
         for keyword, value in (expect or {}).items():
+            if attrs.get(keyword) is None:  # junk parses as a data set without it
+                raise EncodeError(f"not a DICOM data set that can be named: it has no {keyword}")
             if attrs.get(keyword) != value:
                 raise MismatchError(keyword, f"its {keyword} is {attrs.get(keyword)!r}, not {value!r}")
         return self._stage(_Prepared(name, memoryview(data), attrs, origin, check=True))
