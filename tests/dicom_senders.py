@@ -27,7 +27,9 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import split_dataset
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -118,10 +120,10 @@ def pynetdicom_send(
     per_association: int = 0,
     bind_address: tuple[str, int] | None = None,
 ) -> None:
-    """Send *files* as they are (pynetdicom's chunked send: the encoded data set straight from
-    the file, no decode and re-encode), *per_association* files per association (0: one for
-    all), and append ``{"file", "status"}`` to *log* for each as its response comes back."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    """Send *files* as they are (the encoded data set straight from the file, in chunks, as
+    pynetdicom's chunked send does: no decode and re-encode), *per_association* files per
+    association (0: one for all), and append ``{"file", "status", "detail"}`` to *log* for
+    each as its response comes back (status None: none came, the association was lost)."""
     contexts = sorted({_context(f) for f in files})
     step = per_association or max(len(files), 1)
     with Path(log).open("a", encoding="utf-8") as out:
@@ -134,28 +136,67 @@ def pynetdicom_send(
             if bind_address is not None:
                 kwargs["bind_address"] = bind_address
             assoc = ae.associate(host, port, **kwargs)
-            _no_delay(assoc)
             alive, lost = assoc.is_established, "rejected" if assoc.is_rejected else "no association"
-            for file in files[start : start + step]:
+            if alive:
+                _no_delay(assoc)
+                _pause_reactor(assoc)
+            for n, file in enumerate(files[start : start + step], 1):
                 if not alive:
                     _record(out, file, None, lost)
                     continue
                 try:
-                    status = assoc.send_c_store(file)
-                except Exception as exc:  # a lost association shows up here or as an empty status
-                    status, detail = Dataset(), repr(exc)
-                else:
-                    detail = "no response"
-                if "Status" in status:
-                    _record(out, file, int(status.Status), str(status.get("ErrorComment", "")))
-                    continue
-                _record(out, file, None, detail)
-                # pynetdicom may still call the association established for a moment: the next
-                # C-STORE on it would wait the whole DIMSE timeout for an answer that cannot come.
-                alive, lost = False, "association lost"
-                assoc.abort()
+                    status, detail = _c_store(assoc, file, n)
+                except Exception as exc:  # an association lost while sending
+                    status, detail = None, repr(exc)
+                _record(out, file, status, detail)
+                if status is None:  # no response: the association is gone (or good as gone)
+                    alive, lost = False, "association lost"
+                    assoc.abort()
             if alive:
                 assoc.release()
+
+
+def _pause_reactor(assoc: Any) -> None:
+    """Stop pynetdicom's association thread from taking DIMSE messages off the queue, for
+    good (what :meth:`Association.send_c_store` does around each request, racily).
+
+    ``send_c_store`` clears the thread's checkpoint, then waits for its ``_is_paused`` flag;
+    but the thread sets that flag just before it waits at the checkpoint, so the flag may
+    still stand from a turn that is already past it. The thread then takes the C-STORE-RSP
+    that came back and drops it, and the sender waits out its DIMSE timeout: a lost
+    response, about once in ten thousand C-STOREs here (the receiver had sent it: ``ss``
+    showed every byte of it delivered and read). Here the checkpoint stays cleared, and we
+    wait until the thread is really blocked on it (it is among the Event's waiters).
+    Responses, and the (None, None) that pynetdicom queues when the association is aborted
+    or its connection lost, then all come to :func:`_c_store`.
+    """
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
+    deadline = time.monotonic() + 30
+    while not checkpoint._cond._waiters and assoc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
+def _c_store(assoc: Any, file: str, message_id: int) -> tuple[int | None, str]:
+    """One C-STORE of *file* as it is (the data set bytes after its File Meta, read in
+    chunks by pynetdicom), on an association whose reactor :func:`_pause_reactor` paused:
+    the response's status and error comment, or None and why."""
+    meta, offset = split_dataset(Path(file))
+    sop_class, syntax = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+    context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class
+                   and c.transfer_syntax[0] == syntax)  # fmt: skip
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = str(meta.MediaStorageSOPInstanceUID)
+    request.Priority = 2
+    request._dataset_path = (Path(file), offset)
+    assoc.dimse.send_msg(request, context.context_id)
+    _context_id, response = assoc.dimse.get_msg(block=True)
+    if response is None:
+        return None, "no response"
+    status = getattr(response, "Status", None)
+    return (None if status is None else int(status)), str(getattr(response, "ErrorComment", None) or "")
 
 
 def _no_delay(assoc: Any) -> None:
@@ -174,11 +215,10 @@ def _context(file: str) -> tuple[str, str]:
 def paced_send(
     host: str, port: int, file: str, log: str, *, calling_ae: str = "PACED", chunk: int = 1 << 20, delay: float = 0.02
 ) -> None:
-    """Send one file as a sender on a slow link would: pynetdicom's own C-STORE (as
-    :func:`pynetdicom_send`), but its socket takes at most *chunk* bytes per send, *delay*
+    """Send one file as a sender on a slow link would: a C-STORE as :func:`pynetdicom_send`
+    makes them, but its socket takes at most *chunk* bytes per send, *delay*
     seconds apart. Appends ``{"progress": bytes on the wire, "total": data set bytes}`` to
     *log* after each, then the status as :func:`pynetdicom_send` does."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
     total = len(dataset_bytes(Path(file).read_bytes()))
     ae = AE(calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -193,10 +233,13 @@ def paced_send(
             out.write(json.dumps({"progress": progress, "total": total, "time": time.time()}) + "\n")
             out.flush()
 
+        _pause_reactor(assoc)
         assoc.dul.socket.socket = _PacedSocket(assoc.dul.socket.socket, chunk, delay, sent)  # type: ignore[union-attr]
-        status = assoc.send_c_store(file)
-        _record(out, file, int(status.Status) if "Status" in status else None)
-        if assoc.is_established:
+        status, detail = _c_store(assoc, file, 1)
+        _record(out, file, status, detail)
+        if status is None:
+            assoc.abort()
+        else:
             assoc.release()
 
 
