@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -111,6 +112,28 @@ def settled(path: Path, age: float = 3600) -> Path:
     then = time.time() - age
     os.utime(path, (then, then))
     return path
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of *size* mounted at *mount* (made here), for a real ENOSPC or EROFS.
+
+    Mounting needs root: as root (as CI runs), a mount that fails fails the test; otherwise
+    the test is skipped.
+    """
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "none", str(mount)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.fail(f"cannot mount a tmpfs at {mount}: {mounted.stderr.strip()}")
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        # A failing test's traceback may still hold a file open on the mount: detach lazily then.
+        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture

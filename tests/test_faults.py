@@ -25,6 +25,7 @@ from tests.conftest import (
     settled,
     sha256_of,
     staged_files,
+    tmpfs,
     wheel_file,
     write_foreign,
     write_settled,
@@ -140,17 +141,8 @@ def test_symlinked_state_is_refused(dirs: tuple[Path, Path], make_ds: MakeDs, tm
 
 @pytest.fixture
 def readonly_mount(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "none", str(mount)],
-                      capture_output=True, check=False).returncode != 0:  # fmt: skip
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "ro", "8m") as mount:
         yield mount
-    finally:
-        # A failing test's traceback may still hold a file open on the mount: detach lazily then.
-        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_read_only_archive_fails_clearly_and_loses_nothing(

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -578,3 +579,27 @@ def test_a_json_log_that_cannot_be_opened_is_a_clear_failure(dirs: tuple[Path, P
     assert done.returncode == 1, done.stderr
     assert "cannot start" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_success_goes_back_only_after_the_instance_and_its_name_are_on_disk(
+    start_receiver: StartReceiver, dirs: tuple[Path, Path], ct: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN: Success means durable in staging. Every fsync is recorded (and still done); by
+    the time the sender has its Success, the staged bytes and the staging directory were synced."""
+    staging, _ = dirs
+    synced: list[tuple[str, bool]] = []  # (the path fsynced, whether it is a directory)
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), stat.S_ISDIR(os.fstat(fd).st_mode)))
+
+    receiver = start_receiver(commit_interval=600)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    sender = Sender(receiver.address[1])
+    assert sender.store(ct) == 0
+    at_success = list(synced)
+    sender.release()
+    (staged,) = staged_files(staging)
+    assert any(not is_dir and Path(path).name.startswith(staged.name) for path, is_dir in at_success), at_success
+    assert (str(staging.resolve()), True) in at_success

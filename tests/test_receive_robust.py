@@ -36,7 +36,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicomcommit import Manifest, Record
 from dicomcommit.receiving.receiver import Receiver
 from dicomcommit.synthetic import synthetic_dataset
-from tests.conftest import ROOT, sha256_of
+from tests.conftest import ROOT, sha256_of, tmpfs
 from tests.dicom_senders import (
     NO_DELAY,
     OUT_OF_RESOURCES,
@@ -331,7 +331,11 @@ def test_a_receiver_killed_mid_stream_loses_no_success_after_restart(
     staged_by_first = {e["staged"] for e in json_events(first.log, "instance") if e["status"] == SUCCESS}
     if commits == "nothing-committed-yet":
         assert not (archive / ".dicomcommit" / "manifest.sqlite").exists()
-        assert {p.name for p in _leftovers(staging) if p.suffix == ".dcm"} == staged_by_first
+        staged = {p.name for p in _leftovers(staging) if p.suffix == ".dcm"}
+        # all it said Success for, and perhaps one per association that it staged but was
+        # killed before it answered (or logged) it
+        assert staged_by_first <= staged
+        assert len(staged - staged_by_first) <= len(shares), staged - staged_by_first
 
     second = CliReceiver(procs, staging, archive, "second")
     retry = {ae: [Path(s.file) for s in told[ae] if not s.ok] for ae in shares}
@@ -395,17 +399,9 @@ def _statuses(procs: Processes, tmp_path: Path, shares: dict[str, list[Path]], r
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MB tmpfs (needs root), for a real ENOSPC in staging."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "none", str(mount)],
-                      capture_output=True, check=False).returncode != 0:  # fmt: skip
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    """A 4 MB tmpfs, for a real ENOSPC in staging."""
+    with tmpfs(tmp_path / "small", "4m") as mount:
         yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(path: Path, leave: int) -> None:

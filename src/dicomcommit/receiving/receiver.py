@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import cast
 
@@ -44,10 +44,10 @@ from dicomcommit.receiving.events import EventLog
 from dicomcommit.receiving.loop import CommitLoop, CommitSettings
 from dicomcommit.receiving.peers import Allowed, check_ae_title, parse_allow, parse_peers
 from dicomcommit.receiving.reports import COMMITMENT_INSTANCE
+from dicomcommit.receiving.stagers import Stagers
 from dicomcommit.receiving.wire import Contexts, part10
 from dicomcommit.scanning import scan_staging
 from dicomcommit.staging.journal import JournalIndex, labelled
-from dicomcommit.staging.stager import Stager
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -63,51 +63,6 @@ DEFAULT_MAX_ASSOCIATIONS = 16
 DEFAULT_COMMIT_INTERVAL = 5.0
 DEFAULT_COMMIT_FILES = 1000
 DEFAULT_DRAIN = 5.0  # seconds stop() waits for senders to release before aborting them
-
-
-class _Stagers:
-    """The receiver's stager, replaced before each commit pass: a journal stays locked while
-    its stager lives, so commit could never prune it, and every pass would read it whole."""
-
-    def __init__(self, staging: Path, durable: bool) -> None:
-        self._staging, self._durable = staging, durable
-        self._lock = threading.Lock()
-        self._current = Stager(staging, durable=durable)
-        self._users: dict[Stager, int] = {self._current: 0}
-
-    @contextlib.contextmanager
-    def using(self) -> Iterator[Stager]:
-        """The current stager, for one instance."""
-        with self._lock:
-            stager = self._current
-            self._users[stager] += 1
-        try:
-            yield stager
-        finally:
-            with self._lock:
-                self._users[stager] -= 1
-                done = stager is not self._current and not self._users[stager]
-                if done:
-                    del self._users[stager]
-            if done:
-                stager.close()
-
-    def rotate(self) -> None:
-        """Start a new stager (and journal); the old one closes once its last instance is staged."""
-        with self._lock:
-            old, self._current = self._current, Stager(self._staging, durable=self._durable)
-            self._users[self._current] = 0
-            done = not self._users[old]
-            if done:
-                del self._users[old]
-        if done:
-            old.close()
-
-    def close(self) -> None:
-        with self._lock:
-            stagers, self._users = list(self._users), {}
-        for stager in stagers:
-            stager.close()
 
 
 class Receiver:
@@ -210,7 +165,7 @@ class Receiver:
             try:
                 self._events = EventLog(self._json_log)
                 undo.callback(self._events.close)
-                self._stagers = _Stagers(self.staging, self._durable)
+                self._stagers = Stagers(self.staging, self._durable)
                 undo.callback(self._stagers.close)
                 self._store = CommitmentStore(self.staging)
                 undo.callback(self._store.close)
