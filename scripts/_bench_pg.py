@@ -37,7 +37,7 @@ from dicomcommit.manifests.sqlite import default_path
 if TYPE_CHECKING:
     from tests.pg_server import PostgresServer
 
-    from bench import Bench
+    from _bench_core import Bench
 
 _REPO = Path(__file__).resolve().parent.parent
 

@@ -61,7 +61,7 @@ from dicomcommit.manifests.sqlite import default_path
 from dicomcommit.synthetic import synthetic_dataset
 
 if TYPE_CHECKING:
-    from bench import Bench
+    from _bench_core import Bench
 
 SENDERS = 4
 SECOND_VERSIONS = 50

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from tests.s3_proxy import FaultProxy
     from tests.s3_server import MotoServer
 
-    from bench import Bench
+    from _bench_core import Bench
 
 _REPO = Path(__file__).resolve().parent.parent
 

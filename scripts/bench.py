@@ -25,345 +25,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
-import queue
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pydicom
-from pydicom.dataset import Dataset
-
+import _bench_files as files
+import _bench_ingest
 import _bench_pg
 import _bench_receive
 import _bench_s3
-from dicomcommit import Stager, commit
-from dicomcommit.manifests.sqlite import SQLiteManifest as Manifest
-from dicomcommit.naming import DEFAULT_TEMPLATE, attrs_from_dataset, parse_template
-from dicomcommit.synthetic import synthetic_dataset
+from _bench_core import Bench, Row
 
-Variant = tuple[Callable[[], Any], Callable[[Any], None]]  # (prepare, timed)
-SIZES = {"tiny": 32, "ct": 512}  # 2.3 KB and 0.5 MB files
-_ROOT = "1.2.826.0.1.3680043.10.4242"
-
-
-@dataclass
-class Row:
-    name: str
-    kind: str
-    files: int
-    rate: float  # files/s, median
-    baseline: str = ""
-    ratio: float | None = None
-    target: str = ""
-    ok: bool | None = None
-
-
-class Bench:
-    def __init__(self, root: Path, runs: int) -> None:
-        self.root = root
-        self.runs = runs
-        self._dirs = 0
-        self.cache_dropped = False
-
-    def fresh(self, name: str) -> Path:
-        self._dirs += 1
-        path = self.root / f"{self._dirs:04d}-{name}"
-        path.mkdir()
-        return path
-
-    def compare(
-        self, files: int, variants: dict[str, tuple[Callable[[], Any], Callable[[Any], None]]], *, cold: bool = False
-    ) -> dict[str, float]:
-        """Median files/s of each variant; runs interleave variants, so that a slow phase of
-        the machine (or of the filesystem) does not fall on one variant only.
-
-        *cold*: also empty the page cache before each run (when allowed). Writers then fill
-        pages the kernel has used before: in a VM, memory touched for the first time can
-        cost more than the write itself, and would fall on whichever variant came first.
-        """
-        rates: dict[str, list[float]] = {name: [] for name in variants}
-        for _ in range(self.runs):
-            for name, (prepare, timed) in variants.items():
-                arg = prepare()
-                os.sync()  # start from clean writeback: no variant pays for the last one's dirty pages
-                if cold:
-                    self.cache_dropped = drop_page_cache()
-                started = time.perf_counter()
-                timed(arg)
-                rates[name].append(files / (time.perf_counter() - started))
-        return {name: statistics.median(values) for name, values in rates.items()}
-
-
-def drop_page_cache() -> bool:
-    """Free the clean page cache (root only); False when not allowed."""
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1")
-    except OSError:
-        return False
-    return True
-
-
-def datasets(kind: str, count: int, offset: int = 0) -> list[Dataset]:
-    return [synthetic_dataset(_ROOT, offset + i, size=SIZES[kind]) for i in range(count)]
-
-
-# --- writing ---------------------------------------------------------------------------
-
-
-def write_plain(directory: Path, items: list[Dataset]) -> None:
-    for i, ds in enumerate(items):
-        pydicom.dcmwrite(directory / f"{i}.dcm", ds, enforce_file_format=True)
-
-
-def write_staged(directory: Path, items: list[Dataset], durable: bool) -> None:
-    with Stager(directory, durable=durable) as stager:
-        for ds in items:
-            stager.stage(ds)
-
-
-def write_staged_many(directory: Path, items: list[Dataset], durable: bool) -> None:
-    with Stager(directory, durable=durable) as stager:
-        stager.stage_many(items)
-
-
-def _stage_worker(directory: str, items: list[Dataset], many: bool, barrier: Any, out: Any) -> None:
-    barrier.wait()
-    started = time.monotonic()
-    if many:
-        write_staged_many(Path(directory), items, durable=True)
-    else:
-        write_staged(Path(directory), items, durable=False)
-    out.put((started, time.monotonic()))
-
-
-def stage_in_processes(bench: Bench, kind: str, files: int, procs: int, *, many: bool) -> float:
-    """Files/s of *procs* stager processes at once: ``stage()`` without fsync (CPU only: shows
-    whether stagers contend), or durable ``stage_many`` (shows the disk's flushes too)."""
-    ctx = multiprocessing.get_context("fork")
-    rates: list[float] = []
-    for run in range(bench.runs):
-        directory = bench.fresh(f"stage-{procs}p")
-        barrier, out = ctx.Barrier(procs), ctx.Queue()
-        share = files // procs
-        workers = [
-            ctx.Process(
-                target=_stage_worker,
-                args=(str(directory), datasets(kind, share, (run * procs + p) * share), many, barrier, out),
-            )
-            for p in range(procs)
-        ]
-        for w in workers:
-            w.start()
-        spans: list[tuple[float, float]] = _collect(out, workers, len(workers))
-        for w in workers:
-            w.join()
-        rates.append(share * procs / (max(e for _, e in spans) - min(s for s, _ in spans)))
-    return statistics.median(rates)
-
-
-# --- committing ------------------------------------------------------------------------
-
-
-def prepare_foreign(bench: Bench, items: list[Dataset]) -> tuple[Path, Path]:
-    """Files another tool wrote earlier: on disk already (synced before timing), no journal."""
-    staging = bench.fresh("staging")
-    write_plain(staging, items)
-    os.sync()
-    return staging, bench.root / f"{bench._dirs:04d}-archive"
-
-
-def prepare_staged(bench: Bench, items: list[Dataset]) -> tuple[Path, Path]:
-    """Files staged by Stager in its default, durable mode."""
-    staging = bench.fresh("staging")
-    write_staged_many(staging, items, durable=True)
-    return staging, bench.root / f"{bench._dirs:04d}-archive"
-
-
-def floor_link_unlink(dirs: tuple[Path, Path], targets: list[str]) -> None:
-    """The raw floor: link each file to a name known in advance, then unlink it."""
-    staging, archive = dirs
-    made: set[str] = set()
-    for i, rel in enumerate(targets):
-        parent = os.path.dirname(rel)
-        if parent not in made:
-            os.makedirs(archive / parent, exist_ok=True)
-            made.add(parent)
-        os.link(staging / f"{i}.dcm", archive / rel)
-        os.unlink(staging / f"{i}.dcm")
-
-
-def naive_commit(dirs: tuple[Path, Path]) -> None:
-    """What a careful script does: read each header, then link and unlink."""
-    staging, archive = dirs
-    template = parse_template(DEFAULT_TEMPLATE)
-    for name in sorted(os.listdir(staging)):
-        path = staging / name
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        target = archive / template.render(attrs_from_dataset(ds, template.keywords))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(path, target)
-        os.unlink(path)
-
-
-def our_commit(dirs: tuple[Path, Path]) -> None:
-    # The bench wrote its foreign files a moment ago: no settle time, or none would be taken.
-    report = commit(dirs[0], dirs[1], settle=0)
-    if report.left_in_place:  # a benchmark that did not do the work must not report a figure
-        raise RuntimeError(f"commit left {len(report.left_in_place)} files in place: {report.left_in_place[0]}")
-
-
-def commit_bytes_read(bench: Bench) -> list[dict[str, Any]]:
-    """Bytes one commit reads for one foreign file of 0.5 MB and of 50 MB (from /proc/self/io:
-    everything read, the manifest included)."""
-    results = []
-    for label, size in (("0.5 MB", 512), ("50 MB", 5120)):
-        staging = bench.fresh(f"bytes-{size}")
-        path = staging / f"{size}.dcm"
-        pydicom.dcmwrite(path, synthetic_dataset(_ROOT, size, size=size), enforce_file_format=True)
-        file_bytes = path.stat().st_size
-        before = _rchar()
-        commit(staging, bench.root / f"{bench._dirs:04d}-archive", settle=0)
-        used = _rchar() - before
-        results.append({"file": label, "file_bytes": file_bytes, "bytes_read_by_commit": used})
-    return results
-
-
-def _rchar() -> int:
-    with open("/proc/self/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
-
-
-# --- scale -----------------------------------------------------------------------------
-
-
-def _collect(out: Any, children: list[Any], count: int) -> list[Any]:
-    """*count* results from the children's queue; fails, instead of waiting forever, when a
-    child dies without sending its result."""
-    results: list[Any] = []
-    while len(results) < count:
-        try:
-            results.append(out.get(timeout=1))
-        except queue.Empty:
-            dead = [c for c in children if c.exitcode not in (None, 0)]
-            if dead:
-                raise RuntimeError(f"a benchmark child failed (exit code {dead[0].exitcode}); see its stderr") from None
-    return results
-
-
-def _scaled_commit(staging: str, archive: str, out: Any) -> None:
-    """In a child process: commit, timing Manifest.add, and report peak RSS."""
-    spent = [0.0]
-    real_add = Manifest.add
-
-    def timed_add(self: Manifest, records: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return real_add(self, records)
-        finally:
-            spent[0] += time.perf_counter() - started
-
-    Manifest.add = timed_add  # type: ignore[method-assign]
-    started = time.perf_counter()
-    report = commit(staging, archive)
-    elapsed = time.perf_counter() - started
-    peak_kib = _peak_rss_kib()
-    out.put(
-        {"files": report.committed, "seconds": elapsed, "manifest_seconds": spent[0], "peak_rss_mb": peak_kib / 1024}
-    )
-
-
-def _peak_rss_kib() -> int:
-    """This process image's peak RSS. Not ru_maxrss: Linux carries that across exec, so a
-    spawned child would report its parent's peak."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-
-
-def _stage_range(directory: str, start: int, count: int) -> None:
-    with Stager(directory, durable=False) as stager:
-        for i in range(start, start + count):
-            stager.stage(synthetic_dataset(_ROOT, i))
-
-
-def scaled(bench: Bench, counts: list[int]) -> list[dict[str, Any]]:
-    ctx = multiprocessing.get_context("fork")
-    results: list[dict[str, Any]] = []
-    for count in counts:
-        staging = bench.fresh(f"scale-{count}")
-        half = count // 2
-        stagers = [ctx.Process(target=_stage_range, args=(str(staging), 10_000_000 * len(results) + s * half, half))
-                   for s in range(2)]  # fmt: skip
-        for p in stagers:
-            p.start()
-        for p in stagers:
-            p.join()
-        fresh = multiprocessing.get_context("spawn")  # not forked: its peak RSS must be its own
-        out = fresh.Queue()
-        archive = bench.root / f"{bench._dirs:04d}-arch"
-        child = fresh.Process(target=_scaled_commit, args=(str(staging), str(archive), out))
-        child.start()
-        results += _collect(out, [child], 1)
-        child.join()
-    return results
-
-
-def bench_kind(bench: Bench, kind: str, n: int) -> list[Row]:
-    """Writing and committing *n* files of one size, each against its baselines."""
-    rows = []
-    items = datasets(kind, n)
-    template = parse_template(DEFAULT_TEMPLATE)
-    targets = [template.render(attrs_from_dataset(ds, template.keywords)) for ds in items]
-    fresh = bench.fresh
-    w = bench.compare(n, {
-        "plain": (lambda: fresh("plain"), lambda d: write_plain(d, items)),
-        "stage-off": (lambda: fresh("stage"), lambda d: write_staged(d, items, False)),
-        "stage-on": (lambda: fresh("stage"), lambda d: write_staged(d, items, True)),
-        "many-off": (lambda: fresh("many"), lambda d: write_staged_many(d, items, False)),
-        "many-on": (lambda: fresh("many"), lambda d: write_staged_many(d, items, True)),
-    }, cold=True)  # fmt: skip
-    plain = w["plain"]
-    rows.append(Row("pydicom.dcmwrite", kind, n, plain))
-    for key, label, limit in (
-        ("stage-off", "Stager.stage (fsync off)", 1.05),
-        ("stage-on", "Stager.stage (fsync on)", 1.35),
-        ("many-off", "Stager.stage_many (fsync off)", 1.05),
-        ("many-on", "Stager.stage_many (fsync on)", 1.35),
-    ):
-        slowdown = plain / w[key]
-        rows.append(Row(label, kind, n, w[key], "pydicom.dcmwrite", slowdown, f"time <= {limit}x", slowdown <= limit))
-
-    c = bench.compare(n, {
-        "floor": (lambda: prepare_foreign(bench, items), lambda d: floor_link_unlink(d, targets)),
-        "naive": (lambda: prepare_foreign(bench, items), naive_commit),
-        "staged": (lambda: prepare_staged(bench, items), our_commit),
-        "foreign": (lambda: prepare_foreign(bench, items), our_commit),
-    })  # fmt: skip
-    floor, naive, staged, foreign = c["floor"], c["naive"], c["staged"], c["foreign"]
-    rows.append(Row("link+unlink floor", kind, n, floor))
-    rows.append(Row("naive dcmread commit", kind, n, naive, "link+unlink floor", naive / floor))
-    rows.append(Row("commit (staged files)", kind, n, staged, "link+unlink floor", staged / floor, ">= 0.25x",
-                    staged / floor >= 0.25))  # fmt: skip
-    rows.append(Row("commit (foreign files)", kind, n, foreign, "naive dcmread commit", foreign / naive, ">= 2x",
-                    foreign / naive >= 2))  # fmt: skip
-    return rows
+SIZES = files.SIZES
 
 
 def bench_pg(bench: Bench, n: int) -> list[Row]:
     """The PostgreSQL manifest, tiny files: one committer against SQLite, two against one."""
     kind = "tiny"
-    items = datasets(kind, n)
+    items = files.datasets(kind, n)
     with _bench_pg.server(bench) as pg:
         c = _bench_pg.vs_sqlite(bench, pg, items)
-        p = _bench_pg.committers(bench, pg, [items, datasets(kind, n, n)])
+        p = _bench_pg.committers(bench, pg, [items, files.datasets(kind, n, n)])
     sqlite, one = "commit, SQLite manifest", "commit, PostgreSQL, 1 process"
     return [
         Row(sqlite, kind, n, c["sqlite"]),
@@ -379,7 +65,7 @@ def bench_s3(bench: Bench, n: int, loop_files: int) -> tuple[list[Row], dict[str
     """Committing tiny files into an object store, against a sequential ``put_object`` loop,
     with 20 ms added to every request, and with none; and the CPU each side spends per file."""
     kind = "tiny"
-    items = datasets(kind, n)
+    items = files.datasets(kind, n)
     rows = []
     with _bench_s3.store(bench) as (server, proxy):
         for delay in (20, 0):
@@ -445,27 +131,15 @@ def run_files(bench: Bench, args: argparse.Namespace, extra: dict[str, Any]) -> 
     """Everything but the PostgreSQL manifest's rows (adding the bytes read and the scaling check to *extra*)."""
     rows: list[Row] = []
     for kind in args.kinds:
-        rows += bench_kind(bench, kind, args.files if kind == "tiny" else args.ct_files)
-    kind = args.kinds[0] if args.kinds else "tiny"
-    for many, label in ((False, "stage, fsync off"), (True, "stage_many, durable")):
-        one = stage_in_processes(bench, kind, args.files, 1, many=many)
-        two = stage_in_processes(bench, kind, args.files, 2, many=many)
-        rows.append(Row(f"{label}, 1 process", kind, args.files, one))
-        rows.append(Row(f"{label}, 2 processes", kind, args.files, two, f"{label}, 1 process", two / one,
-                        ">= 1.8x", two / one >= 1.8))  # fmt: skip
-
-    extra["header_bytes"] = commit_bytes_read(bench)
+        n = args.files if kind == "tiny" else args.ct_files
+        rows += files.bench_staging(bench, kind, n)
+        rows += files.bench_commit(bench, kind, n)
+    rows += files.bench_stagers(bench, args.kinds[0] if args.kinds else "tiny", args.files)
+    if args.ingest_files:
+        rows += _bench_ingest.bench_ingest(bench, args.ingest_files)
+    extra["header_bytes"] = files.commit_bytes_read(bench)
     if args.scale:
-        small, large = scaled(bench, [args.scale // 10, args.scale])
-        extra["scale"] = {
-            "small": small,
-            "large": large,
-            "time_ratio": large["seconds"] / small["seconds"],
-            "time_ratio_ok": large["seconds"] / small["seconds"] <= 11,
-            "peak_rss_ok": large["peak_rss_mb"] < 200,
-            "manifest_share": large["manifest_seconds"] / large["seconds"],
-            "manifest_share_ok": large["manifest_seconds"] / large["seconds"] <= 0.10,
-        }
+        extra["scale"] = files.scale_summary(*files.scaled(bench, [args.scale // 10, args.scale]))
     return rows
 
 
@@ -476,12 +150,12 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"page cache before each write run: {dropped}")
     load = result["load_average"]
     print(f"load average (1 min) at start and end: {load['start']:.1f}, {load['end']:.1f} ({load['cpus']} CPUs)\n")
-    print(f"{'variant':<34} {'kind':<5} {'files':>6} {'files/s':>9}  {'ratio':>7}  {'vs':<28} {'target':<14} ok")
+    print(f"{'variant':<36} {'kind':<5} {'files':>6} {'files/s':>9}  {'ratio':>7}  {'vs':<36} {'target':<14} ok")
     for r in result["rows"]:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         ok = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
-        print(f"{r['name']:<34} {r['kind']:<5} {r['files']:>6} {r['rate']:>9,.0f}  {ratio:>7}  "
-              f"{r['baseline']:<28} {r['target']:<14} {ok}")  # fmt: skip
+        print(f"{r['name']:<36} {r['kind']:<5} {r['files']:>6} {r['rate']:>9,.0f}  {ratio:>7}  "
+              f"{r['baseline']:<36} {r['target']:<14} {ok}")  # fmt: skip
     if "pg_skipped" in result:
         print(f"\nPostgreSQL manifest rows skipped: {result['pg_skipped']}")
     if "s3_skipped" in result:
@@ -521,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few files, one run, tiny files only")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--runs", type=int, default=3, help="runs per variant [3]")
-    parser.add_argument("--files", type=int, default=2000, help="tiny files per run [2000]")
-    parser.add_argument("--ct-files", type=int, default=400, help="0.5 MB files per run [400]")
+    parser.add_argument("--files", type=int, default=4000, help="tiny files per run [4000]")
+    parser.add_argument("--ct-files", type=int, default=1000, help="0.5 MB files per run [1000]")
+    parser.add_argument("--ingest-files", type=int, default=5100,
+                        help="DICOM files in the tree ingest copies, 0 to skip [5100]")  # fmt: skip
     parser.add_argument("--scale", type=int, default=100_000, help="files for the scaling check, 0 to skip [100000]")
     parser.add_argument("--dir", default=None, help="where to put the data [the system temp dir]")
     parser.add_argument("--kinds", nargs="*", choices=sorted(SIZES), default=["tiny", "ct"],
@@ -546,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.files, args.ct_files, args.scale, args.kinds = 1, 40, 10, 400, ["tiny"]
+        args.ingest_files = min(args.ingest_files, 60)
         args.pg_files = min(args.pg_files or 40, 40)
         args.s3_loop_files = min(args.s3_loop_files, 20)
         args.receive_files = min(args.receive_files or 40, 40)

@@ -136,6 +136,28 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@contextlib.contextmanager
+def overlay(base: Path) -> Iterator[Path]:
+    """An overlayfs mounted at *base*/mnt (its layers below *base*): a filesystem with hard
+    links whose syncfs dicomcommit does not trust, so it fsyncs each file and directory.
+    Needs root, as :func:`tmpfs`: as root a failed mount fails the test, otherwise it is skipped."""
+    layers = {name: base / name for name in ("lower", "upper", "work", "mnt")}
+    for path in layers.values():
+        path.mkdir(parents=True)
+    options = f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}"
+    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(layers["mnt"])],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    if mounted.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.fail(f"cannot mount an overlayfs at {layers['mnt']}: {mounted.stderr.strip()}")
+        pytest.skip("cannot mount an overlayfs here (needs root)")
+    try:
+        yield layers["mnt"]
+    finally:
+        if subprocess.run(["umount", str(layers["mnt"])], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(layers["mnt"])], check=False)
+
+
 @pytest.fixture
 def other_fs_staging(tmp_path: Path) -> Iterator[Path]:
     """A staging directory on another filesystem than tmp_path (tmpfs), for real EXDEV."""

@@ -24,9 +24,11 @@ def test_bench_quick_runs_and_reports_every_variant(tmp_path: Path) -> None:
     )  # fmt: skip
     report = json.loads(result.stdout)
     names = {row["name"] for row in report["rows"]}
-    assert {"pydicom.dcmwrite", "link+unlink floor", "naive dcmread commit", "commit (staged files)",
-            "commit (foreign files)", "Stager.stage (fsync on)", "stage, fsync off, 2 processes",
-            "stage_many, durable, 2 processes"} <= names  # fmt: skip
+    assert {"pydicom.dcmwrite", "dcmwrite + fsync file, dir", "link+unlink floor", "naive dcmread commit",
+            "commit (staged files)", "commit (staged, --no-fsync)", "commit (staged, header keyword)",
+            "commit (foreign files)", "Stager.stage (durable)", "stage, fsync off, 2 processes",
+            "stage_many, durable, 2 processes", "naive dcmread+copy2 loop (process)", "ingest, durable (process)",
+            "ingest --jobs 2, durable (process)", "ingest --no-fsync (process)"} <= names  # fmt: skip
     assert names >= S3_ROWS  # boto3, obstore and moto are dev dependencies: never skipped
     assert "s3_skipped" not in report
     assert report["s3_cpu"]["commit_cpu_ms_per_file"] > 0

@@ -414,19 +414,6 @@ def test_committed_files_keep_the_staged_mode(
     assert stat.S_IMODE((archive / _target(make_ds(1))).stat().st_mode) == 0o640
 
 
-def test_durable_commit_fsyncs_each_directory_once_per_batch(
-    dirs: tuple[Path, Path], make_ds: MakeDs, dir_fsyncs: list[int]
-) -> None:
-    staging, archive = dirs
-    stager = Stager(staging)
-    for i in range(60):  # 60 instances in 3 series of one study
-        stager.stage(make_ds(i))
-    dir_fsyncs.clear()  # count the commit's only
-    commit(staging, archive)
-    # archive root, patient, study, 3 series: at most 6 directories, not 60 files
-    assert 3 <= len(dir_fsyncs) <= 6
-
-
 @pytest.mark.parametrize("foreign", [False, True], ids=["staged", "foreign"])
 def test_dry_run_predicts_and_changes_nothing(dirs: tuple[Path, Path], make_ds: MakeDs, foreign: bool) -> None:
     staging, archive = dirs

@@ -10,9 +10,9 @@ import contextlib
 import ctypes
 import errno
 import os
+import sys
 import time
 import uuid
-from collections.abc import Callable
 from enum import Enum
 
 from dicomcommit.errors import NoClobberUnsupported
@@ -138,26 +138,72 @@ def unlink_quietly(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
+# Filesystems whose syncfs(2) makes every dirty page, inode and directory entry durable,
+# with a device cache flush, as fsync of each would (their ->sync_fs commits the journal or
+# log with a flush after the writeback). tmpfs has no device: either way is a no-op.
+# Elsewhere (NFS, FUSE, overlayfs, CIFS...) syncfs may do less than fsync: fsync each.
+SYNCFS_FILESYSTEMS = {0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs"}
+# Before Linux 5.8, syncfs returned 0 even when writeback had failed; fsync reports it.
+_SYNCFS_REPORTS_ERRORS = (5, 8)
+_STATFS_SIZE = 256  # struct statfs is 120 bytes on 64-bit Linux; f_type (a long) comes first
+
+
+def _load_libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        syncfs: Callable[[int], int] = libc.syncfs
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    return syncfs
+    return libc if hasattr(libc, "syncfs") and hasattr(libc, "fstatfs") else None
 
 
-_syncfs = _load_syncfs()
+def _kernel_reports_syncfs_errors() -> bool:
+    try:
+        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= _SYNCFS_REPORTS_ERRORS
+
+
+_libc = _load_libc() if sys.platform == "linux" and _kernel_reports_syncfs_errors() else None
+
+
+def syncfs_covers(fd: int) -> bool:
+    """Whether one ``syncfs(2)`` of *fd*'s filesystem makes what was written on it durable as
+    an fsync of each file and directory would: Linux 5.8 or later (syncfs reports writeback
+    errors) and a filesystem of :data:`SYNCFS_FILESYSTEMS`."""
+    if _libc is None:
+        return False
+    # Asked each time (once per batch), not cached by device: device numbers are reused
+    # once a filesystem is unmounted, and another may be mounted there.
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    if _libc.fstatfs(fd, buf) != 0:
+        return False
+    return (ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF) in SYNCFS_FILESYSTEMS
+
+
+def syncfs(fd: int) -> None:
+    """``syncfs(2)`` of *fd*'s filesystem (see :func:`syncfs_covers` for when it is enough).
+
+    Raises:
+        OSError: it failed (a writeback error: what was written may not be on disk).
+    """
+    assert _libc is not None, "syncfs_covers() said no syncfs"
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def flush_files(dir_fd: int, names: list[str]) -> None:
     """Make the bytes and metadata of the files *names* in *dir_fd* durable.
 
-    One ``syncfs(2)`` of their filesystem does it for a whole batch: fsync would issue a
-    device flush per file, which on some disks costs more than everything else commit does.
-    Where syncfs is missing (or fails), each file is fsynced.
+    One ``syncfs(2)`` of their filesystem does it for a whole batch where it is as good as
+    fsync (:func:`syncfs_covers`): fsync would issue a device flush per file, which on some
+    disks costs more than everything else commit does. Elsewhere each file is fsynced.
     """
-    if _syncfs is not None and _syncfs(dir_fd) == 0:
+    if not names:
+        return
+    if syncfs_covers(dir_fd):
+        syncfs(dir_fd)
         return
     for name in names:
         fd = open_read(name, dir_fd)
@@ -165,6 +211,21 @@ def flush_files(dir_fd: int, names: list[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def sync_dirs(fds: list[int]) -> None:
+    """Make the entries created or removed in the directories *fds* durable: one ``syncfs``
+    per filesystem where it covers them (:func:`syncfs_covers`), else one fsync each."""
+    synced: set[int] = set()
+    for fd in fds:
+        dev = os.fstat(fd).st_dev
+        if dev in synced:
+            continue
+        if syncfs_covers(fd):
+            syncfs(fd)
+            synced.add(dev)
+        else:
+            fsync_dir(fd)
 
 
 def copy_exclusive(src_fd: int, dst_dir_fd: int, *, durable: bool, owner: str = "") -> str:

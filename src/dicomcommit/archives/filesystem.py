@@ -7,11 +7,13 @@ everything else through directory fds opened without following symlinks.
   anything (never ``rename(2)``, which replaces silently). A file with other hard links, or
   on another filesystem (``EXDEV``), is first copied into ``.dicomcommit/tmp/`` (fsynced),
   and the copy is linked: the archive never shares an inode with a name outside it.
-- Directories that gained or lost entries are fsynced once per batch (:meth:`sync`).
+- Directories that gained or lost entries are made durable once per batch (:meth:`sync`): one
+  ``syncfs`` of the filesystem where that is as good as fsync, else an fsync of each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -61,6 +63,14 @@ class FilesystemArchive(BaseArchive):
 
     def create(self) -> None:
         make_state_dir(self.root)
+
+    def prepare(self, placements: list[tuple[Payload, str]]) -> None:
+        """Copy the batch's files that are copied, not linked (ingest's copy mode, files with
+        other hard links), into ``.dicomcommit/tmp/`` at once, and make the copies durable
+        together (one syncfs where it covers them), before any of them gets a name."""
+        copied = [payload for payload, _ in placements if payload.copy or payload.nlink > 1]
+        if copied:
+            self.tree.copy_ahead(copied, owner=self.owner)
 
     def place(self, payload: Payload, rel: str) -> _fs.Placed:
         dirs, name = _fs.split_rel(rel)
@@ -213,6 +223,7 @@ class _DirTree:
         self._root_fd = _fs.open_root(root)
         self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict({(): self._root_fd})
         self._touched: set[tuple[str, ...]] = set()
+        self._copies: dict[str, str] = {}  # durable copies in tmp made ahead, by source file name
 
     def dir_fd(self, parts: tuple[str, ...], *, create: bool = True) -> int:
         """Return an fd for the directory *parts* below the root, creating it when asked.
@@ -247,9 +258,10 @@ class _DirTree:
     def _evict(self) -> None:
         parts, fd = next((p, f) for p, f in self._fds.items() if p)  # the oldest, never the root
         if parts in self._touched:
-            if self.durable:
+            if self.durable and not self._root_syncfs_covers(fd):
                 _fs.fsync_dir(fd)
             self._touched.discard(parts)
+            self._touched.add(())  # one syncfs of the root's filesystem covers it (or: fsynced, harmless)
         del self._fds[parts]
         os.close(fd)
 
@@ -310,7 +322,8 @@ class _DirTree:
                     raise
         if placed is None:
             tmp_fd = self.dir_fd(self._tmp)
-            tmp = _fs.copy_exclusive(open_src(), tmp_fd, durable=self.durable, owner=owner)
+            tmp = self._copies.pop(src, None) or _fs.copy_exclusive(open_src(), tmp_fd, durable=self.durable,
+                                                                    owner=owner)  # fmt: skip
             try:
                 placed = _fs.link_noclobber(tmp_fd, tmp, dst_fd, name, where=where)
             finally:
@@ -322,18 +335,63 @@ class _DirTree:
             self.touch(dirs)
         return placed
 
+    def copy_ahead(self, payloads: list[Payload], *, owner: str) -> None:
+        """Copy each payload's bytes into *tmp* for :meth:`link_in` to link, and (durable)
+        make all the copies durable with one flush: bytes durable before any name.
+
+        A payload that cannot be copied now is left to :meth:`link_in`, which copies it again
+        and reports the error with its name.
+        """
+        tmp_fd = self.dir_fd(self._tmp)
+        made: dict[str, str] = {}
+        try:
+            for payload in payloads:
+                with contextlib.suppress(OSError):
+                    made[payload.name] = _copy_of(payload, tmp_fd, owner)
+            if self.durable:
+                try:
+                    _fs.flush_files(tmp_fd, list(made.values()))
+                except OSError as exc:
+                    where = self.root.joinpath(*self._tmp)
+                    raise ArchiveError(f"cannot make the copies durable ({exc.strerror})", where, exc) from exc
+        except BaseException:
+            for tmp in made.values():
+                _fs.unlink_quietly(tmp_fd, tmp)
+            raise
+        self._copies.update(made)
+
     def touch(self, parts: tuple[str, ...]) -> None:
         """Note that the directory *parts* gained or lost an entry."""
         self._touched.add(parts)
 
     def fsync_touched(self) -> None:
-        """fsync every touched directory once, deepest first, and forget them."""
-        for parts in sorted(self._touched, key=len, reverse=True):
-            _fs.fsync_dir(self.dir_fd(parts, create=False))
+        """Make every touched directory durable, and forget them: one ``syncfs`` of each
+        filesystem where it is as good as fsync (:func:`~dicomcommit._fs.syncfs_covers`), else
+        an fsync of each directory, deepest first."""
+        parts = sorted(self._touched, key=len, reverse=True)
+        _fs.sync_dirs([self.dir_fd(p, create=False) for p in parts])
         self._touched.clear()
 
+    def _root_syncfs_covers(self, fd: int) -> bool:
+        """Whether the directory *fd* is on the root's filesystem, and its syncfs covers it."""
+        return os.fstat(fd).st_dev == os.fstat(self._root_fd).st_dev and _fs.syncfs_covers(self._root_fd)
+
     def close(self) -> None:
-        """Close every cached directory fd."""
+        """Remove the copies made ahead that were not linked, and close every cached directory fd."""
+        if self._copies:
+            tmp_fd = self.dir_fd(self._tmp)
+            for tmp in self._copies.values():
+                _fs.unlink_quietly(tmp_fd, tmp)
+            self._copies.clear()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def _copy_of(payload: Payload, tmp_fd: int, owner: str) -> str:
+    """A copy of *payload*'s bytes in *tmp_fd*, not synced (a batch keeps no fd per file open)."""
+    fd = _fs.open_read(payload.name, payload.dir_fd)
+    try:
+        return _fs.copy_exclusive(fd, tmp_fd, durable=False, owner=owner)
+    finally:
+        os.close(fd)
