@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import posixpath
 import re
 import string
 import unicodedata
@@ -93,16 +92,20 @@ class Template:
         """
         parts = []
         for component in self.components:
-            text = "".join(
-                literal + ("" if field is None else _render_value(attrs.get(field.keyword), field.spec))
-                for literal, field in component
-            )
-            parts.append(sanitize_component(text))
-        rel = "/".join(parts)
+            pieces = []
+            for literal, field in component:
+                pieces.append(literal)
+                if field is not None:
+                    value = attrs.get(field.keyword)
+                    # The common case first: a plain text value, no format spec.
+                    pieces.append(value if type(value) is str and value and not field.spec else
+                                  _render_value(value, field.spec))  # fmt: skip
+            parts.append(sanitize_component("".join(pieces)))
         # Sanitizing each component already makes this impossible; the check stays as a last line.
-        if posixpath.isabs(rel) or posixpath.normpath(rel) != rel or rel.split("/")[0] == "..":
-            raise AssertionError(f"rendered name {rel!r} would leave the archive root")
-        return rel
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part or "\0" in part:
+                raise AssertionError(f"rendered name {'/'.join(parts)!r} would leave the archive root")
+        return "/".join(parts)
 
 
 def parse_template(text: str, *, allow_collisions: bool = False) -> Template:

@@ -14,13 +14,12 @@ from dicomcommit.cli.values import add_manifest_option, add_store_options, archi
 from dicomcommit.committing.decide import ON_CONFLICT_CHOICES
 from dicomcommit.errors import EXIT_OK, UsageError
 from dicomcommit.naming import DEFAULT_TEMPLATE
-from dicomcommit.receiving.receiver import (
+from dicomcommit.receiving.settings import (
     DEFAULT_AE_TITLE,
     DEFAULT_COMMIT_FILES,
     DEFAULT_COMMIT_INTERVAL,
     DEFAULT_MAX_ASSOCIATIONS,
     DEFAULT_PORT,
-    Receiver,
 )
 
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
@@ -69,6 +68,8 @@ def run_receive(args: argparse.Namespace) -> int:
     receive_log = logging.getLogger("dicomcommit.receive")
     receive_log.setLevel(logging.INFO)  # one line per association and per instance
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    from dicomcommit.receiving.receiver import Receiver  # noqa: PLC0415 -- pynetdicom, for this command only
+
     receiver = Receiver(args.staging, args.archive, port=args.port, host=args.host, ae_title=args.ae_title,
                         allow=args.allow, peers=args.peer, template=args.template, on_conflict=args.on_conflict,
                         manifest=args.manifest, max_associations=args.max_associations,

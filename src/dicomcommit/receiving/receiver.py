@@ -44,6 +44,13 @@ from dicomcommit.receiving.events import EventLog
 from dicomcommit.receiving.loop import CommitLoop, CommitSettings
 from dicomcommit.receiving.peers import Allowed, check_ae_title, parse_allow, parse_peers
 from dicomcommit.receiving.reports import COMMITMENT_INSTANCE
+from dicomcommit.receiving.settings import (
+    DEFAULT_AE_TITLE,
+    DEFAULT_COMMIT_FILES,
+    DEFAULT_COMMIT_INTERVAL,
+    DEFAULT_MAX_ASSOCIATIONS,
+    DEFAULT_PORT,
+)
 from dicomcommit.receiving.stagers import Stagers
 from dicomcommit.receiving.wire import Contexts, part10
 from dicomcommit.scanning import scan_staging
@@ -57,11 +64,6 @@ INSTANCE_MISMATCH = 0xC002
 _NO_SUCH_ACTION, _INVALID_ARGUMENT, _RESOURCE_LIMITATION = 0x0123, 0x0115, 0x0213
 _COMMITMENT_REQUEST = 1  # the Action Type ID of "Request Storage Commitment"
 
-DEFAULT_PORT = 11112
-DEFAULT_AE_TITLE = "DICOMCOMMIT"
-DEFAULT_MAX_ASSOCIATIONS = 16
-DEFAULT_COMMIT_INTERVAL = 5.0
-DEFAULT_COMMIT_FILES = 1000
 DEFAULT_DRAIN = 5.0  # seconds stop() waits for senders to release before aborting them
 
 

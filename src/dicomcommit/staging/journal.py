@@ -247,8 +247,13 @@ class JournalIndex:
 
         Call under the archive lock. A journal still locked by a live stager is kept.
         """
+        try:
+            with os.scandir(self._staging) as listing:  # one listing, not a stat per staged name
+                present = {entry.name for entry in listing}
+        except FileNotFoundError:
+            present = set()
         for journal, names in list(self._names.items()):
-            if any(os.path.lexists(self._staging / name) for name in names):
+            if not present.isdisjoint(names):
                 continue
             path = self._dir / journal
             try:
