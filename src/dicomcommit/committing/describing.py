@@ -75,6 +75,7 @@ class Describer:
         described: dict[str, Described] | None,
     ) -> None:
         self.source, self.keywords, self.journal, self.copy = source, keywords, journal, copy
+        self._prefix = f"{source}/"  # for messages: a str join, not a Path per file
         self.settle_ns = int(settle * 1e9)
         self.described = described or {}
         self.dir_fd = -1
@@ -124,7 +125,7 @@ class Describer:
             # A foreign writer may not have made its bytes durable; copies are fsynced themselves.
             staged.unsynced = not self.copy
             try:
-                staged.attrs = read(fd, self.keywords, name=str(self.source / staged.name))
+                staged.attrs = read(fd, self.keywords, name=self._prefix + staged.name)
             except NotDicom as exc:
                 staged.invalid = str(exc)
         finally:
