@@ -294,8 +294,9 @@ class _DirTree:
         With *copy*, when the file has other hard links, or when it is on another filesystem (``EXDEV``), its bytes are
         first copied into the tree's *tmp* directory (fsynced when durable), and the copy is
         linked: the root then never shares an inode with what it copied from. (A *copy* whose
-        destination already is the same inode was linked there by an interrupted earlier run,
-        before it had other names: ``SAME_INODE``, as for a link.)
+        destination turns out to be the same inode was linked there by an interrupted earlier
+        run, before it had other names: ``SAME_INODE``, as for a link; asked only when the
+        name is taken, so the common case costs no stat.)
 
         Raises:
             NoClobberUnsupported: the filesystem has no hard links.
@@ -309,9 +310,6 @@ class _DirTree:
         if nlink is None:  # the caller's stat, when it has one, saves a syscall per file
             nlink = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_nlink
         copy = copy or nlink > 1
-        if copy and _fs.same_inode(src_dir_fd, src, dst_fd, name):
-            self.touch(dirs)  # the earlier run may have died before its fsync
-            return _fs.Placed.SAME_INODE
         if not copy:
             try:
                 placed = _fs.link_noclobber(src_dir_fd, src, dst_fd, name, where=where)
@@ -330,6 +328,8 @@ class _DirTree:
                 _fs.unlink_quietly(tmp_fd, tmp)
             if placed is _fs.Placed.SAME_INODE:  # a fresh copy: NFS reported a failure for a link that happened
                 placed = _fs.Placed.CREATED
+            elif placed is _fs.Placed.EXISTS and _fs.same_inode(src_dir_fd, src, dst_fd, name):
+                placed = _fs.Placed.SAME_INODE  # the file itself is there: an interrupted earlier run linked it
         if placed is not _fs.Placed.EXISTS:
             # Also an earlier run's link (SAME_INODE): that run may have died before its fsync.
             self.touch(dirs)

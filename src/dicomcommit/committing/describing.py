@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from dicomcommit import _fs
 from dicomcommit.dicom.headers import Described, NotDicom, read_attrs, read_foreign
@@ -59,6 +60,13 @@ class Staged:
         return self.sha256
 
 
+class Prefetched(Protocol):
+    """What worker processes read ahead of commit (ingest ``--jobs``): taken once per name."""
+
+    def pop(self, name: str, default: None = None, /) -> Described | None:
+        """The description of *name* (forgotten once taken), or None when there is none."""
+
+
 class Describer:
     """Describes the files of one source (a staging directory with its *journal*, or an
     ingest tree: *described* holds what worker processes read); set :attr:`dir_fd` to the
@@ -72,12 +80,12 @@ class Describer:
         journal: JournalIndex | None,
         copy: bool,
         settle: float,
-        described: dict[str, Described] | None,
+        described: Prefetched | None,
     ) -> None:
         self.source, self.keywords, self.journal, self.copy = source, keywords, journal, copy
         self._prefix = f"{source}/"  # for messages: a str join, not a Path per file
         self.settle_ns = int(settle * 1e9)
-        self.described = described or {}
+        self.described = described
         self.dir_fd = -1
 
     def describe(self, name: str) -> Staged | None:
@@ -90,7 +98,7 @@ class Describer:
         if not stat.S_ISREG(st.st_mode):
             return None  # swapped for something else since the scan; left in place
         staged = Staged(name, st.st_size, st.st_mtime_ns, st.st_nlink)
-        known = self.described.pop(name, None)
+        known = None if self.described is None else self.described.pop(name)
         if known is not None and known.size == st.st_size and not self._too_young(staged):
             staged.attrs, staged.invalid = known.attrs, known.invalid
             staged.unsynced = not self.copy

@@ -10,10 +10,12 @@ on the same tree finds everything a duplicate.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -87,12 +89,13 @@ def ingest(
     # A source tree is no staging directory: a file named *.part there is just a name.
     scan = scan_staging(source, include_hidden=True, skip_parts=False)
     report = CommitReport(run=new_run_id(), dry_run=dry_run, left_in_place=list(scan.skipped))
-    described = _describe_all(source, scan.files, parsed.keywords, jobs) if jobs > 1 else None
-    tree = SourceTree(source, settle=settle, move=move, described=described or {})
-    store = open_archive(archive, durable=durable, manifest=url, endpoint_url=endpoint_url)
-    run(tree, store, scan.files, parsed, report, manifest=url,
-        on_conflict=on_conflict, durable=durable, batch_size=batch_size, lock_timeout=lock_timeout,
-        progress=progress)  # fmt: skip
+    with _readers(jobs) as pool:
+        described = None if pool is None else _ReadAhead(source, scan.files, parsed.keywords, pool)
+        tree = SourceTree(source, settle=settle, move=move, described=described)
+        store = open_archive(archive, durable=durable, manifest=url, endpoint_url=endpoint_url)
+        run(tree, store, scan.files, parsed, report, manifest=url,
+            on_conflict=on_conflict, durable=durable, batch_size=batch_size, lock_timeout=lock_timeout,
+            progress=progress)  # fmt: skip
     return report
 
 
@@ -103,12 +106,40 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _describe_all(source: Path, names: list[str], keywords: tuple[str, ...], jobs: int) -> dict[str, Described]:
-    """Hash and read headers in *jobs* processes; a file that fails here is read again later."""
-    read = partial(_describe_or_none, keywords=keywords)
+@contextlib.contextmanager
+def _readers(jobs: int) -> Iterator[ProcessPoolExecutor | None]:
+    """*jobs* header-reading processes (None for one job: the commit reads them itself)."""
+    if jobs == 1:
+        yield None
+        return
     with ProcessPoolExecutor(jobs, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-        results = pool.map(read, [str(source / name) for name in names], chunksize=64)
-        return {name: result for name, result in zip(names, results, strict=True) if result is not None}
+        try:
+            yield pool
+        finally:
+            pool.shutdown(cancel_futures=True)  # a commit that stopped early waits for no more reads
+
+
+class _ReadAhead:
+    """Headers read (and hashed) by worker processes while the commit goes on: the workers
+    read the files in the order commit takes them, and commit takes each description as it
+    comes (a file that failed there is read again by commit, which reports the error)."""
+
+    def __init__(self, source: Path, names: list[str], keywords: tuple[str, ...], pool: ProcessPoolExecutor) -> None:
+        read = partial(_describe_or_none, keywords=keywords)
+        self._order = iter(names)
+        self._results = pool.map(read, [f"{source}/{name}" for name in names], chunksize=64)
+        self._early: dict[str, Described] = {}
+
+    def pop(self, name: str, default: None = None, /) -> Described | None:
+        found = self._early.pop(name, None)
+        if found is not None:
+            return found
+        for ahead, result in zip(self._order, self._results, strict=False):
+            if ahead == name:
+                return result
+            if result is not None:  # commit skipped a name (gone): kept, in case it comes back
+                self._early[ahead] = result
+        return default
 
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dicomcommit import _fs
 from dicomcommit._faults import point
-from dicomcommit.dicom.headers import Described
+from dicomcommit.committing.describing import Prefetched
 from dicomcommit.errors import CommitError, IngestError
 from dicomcommit.staging.journal import JournalIndex
 
@@ -38,7 +38,7 @@ class Source:
     sets_aside_invalid: bool = True
     journal: JournalIndex | None = None
     #: What worker processes read ahead of commit (ingest ``--jobs``), by name.
-    described: dict[str, Described] = field(default_factory=dict)
+    described: Prefetched | None = None
 
     def rehearsal(self) -> Source:
         """A copy of this source for a dry run: it flushes, removes and prunes nothing."""
