@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,3 +146,12 @@ def test_demo_stages_commits_and_checks(tmp_path: Path, capsys: pytest.CaptureFi
     (staging / "left-over.dcm").write_bytes(b"x")
     assert main(argv) == 2
     assert "earlier run" in capsys.readouterr().err
+
+
+def test_commands_start_without_importing_pynetdicom() -> None:
+    """pynetdicom takes a tenth of a second to import: only ``receive`` needs it."""
+    code = ("import sys, dicomcommit.cli.main\n"
+            "assert 'pynetdicom' not in sys.modules, 'imported at start-up'\n"
+            "from dicomcommit.receiving import Receiver\n"
+            "assert 'pynetdicom' in sys.modules and Receiver.__name__ == 'Receiver'\n")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

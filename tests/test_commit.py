@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sqlite3
 import stat
@@ -493,3 +494,23 @@ def test_manifest_is_plain_sqlite(dirs: tuple[Path, Path], make_ds: MakeDs) -> N
     assert rows[0][1] == _target(make_ds(1))
     assert len(rows[0][2]) == 64
     assert '"SOPInstanceUID"' in rows[0][3]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_commit_leaves_the_garbage_collector_as_it_found_it(
+    dirs: tuple[Path, Path], make_ds: MakeDs, enabled: bool
+) -> None:
+    """Each batch pauses Python's cyclic GC; after a commit, even one that stops at a
+    conflict, it is on again exactly when it was on before."""
+    staging, archive = dirs
+    with Stager(staging) as stager:
+        stager.stage_many([make_ds(1), make_ds(1, variant=1)])
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with pytest.raises(ConflictError):
+            commit(staging, archive, on_conflict="error")
+        assert gc.isenabled() is enabled
+        commit(staging, archive)
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable()

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -130,3 +131,30 @@ def test_ingest_refuses_symlinks_in_the_tree(tmp_path: Path, make_ds: MakeDs) ->
     report = ingest(source, archive)
     assert report.committed == 0
     assert report.left_in_place == [("link.dcm", "symlink, not followed")]
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 CPUs for 2 jobs")
+def test_jobs_read_ahead_in_order_and_a_file_gone_meanwhile_does_not_shift_the_others(
+    tmp_path: Path, make_ds: MakeDs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers read while the commit goes on; commit takes each file's own description
+    (a file that vanished after the scan is skipped, and the next ones are not misnamed)."""
+    source, archive = tmp_path / "source", tmp_path / "archive"
+    source.mkdir()
+    for i in range(300):  # several of the workers' chunks
+        write_foreign(source / f"{i:04d}.dcm", make_ds(i))
+    real_stat = os.stat
+    gone = source / "0100.dcm"
+
+    def stat_after_removing_one(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if path == "0100.dcm" and gone.exists():
+            gone.unlink()  # taken by someone else between the scan and commit's look at it
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat_after_removing_one)
+    report = ingest(source, archive, jobs=2, batch_size=64)
+    assert report.committed == 299
+    expected = {f"{make_ds(i).PatientID}/{make_ds(i).StudyInstanceUID}/{make_ds(i).SeriesInstanceUID}/"
+                f"{make_ds(i).SOPInstanceUID}.dcm": sha256_of(source / f"{i:04d}.dcm")
+                for i in range(300) if i != 100}  # fmt: skip
+    assert archive_files(archive) == expected
