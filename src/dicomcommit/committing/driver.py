@@ -232,6 +232,7 @@ class _Committer:
         self.on_conflict, self.report = on_conflict, report
         self.placed: set[str] = set()  # archive names this batch placed (their rows are not in yet)
         self.targets: dict[str, str] = {}  # this batch's rendered targets, by file name
+        self.payloads: dict[str, Payload] = {}  # and what the archive is handed, by file name
         self.facts = Describer(source.root, template.keywords, journal=source.journal, copy=source.copies,
                                settle=source.settle, described=source.described)  # fmt: skip
 
@@ -262,6 +263,7 @@ class _Committer:
         self.facts.dir_fd = self.source.dir_fd
         self.placed.clear()
         self.targets.clear()
+        self.payloads.clear()
         done: list[tuple[NewRecord, str]] = []
         try:
             described = (self._guarded(name, partial(self.facts.describe, name)) for name in names)
@@ -459,8 +461,14 @@ class _Committer:
         return placed
 
     def _payload(self, staged: Staged) -> Payload:
-        return Payload(self.source.dir_fd, staged.name, self.root, staged.nlink, self.source.copies,
-                       partial(staged.open, self.source.dir_fd))  # fmt: skip
+        """How the archive reads *staged* (made once per file and batch)."""
+        payload = self.payloads.get(staged.name)
+        if payload is None:
+            dir_fd = self.source.dir_fd
+            payload = Payload(dir_fd, staged.name, self.root, staged.nlink, self.source.copies,
+                              partial(staged.open, dir_fd))  # fmt: skip
+            self.payloads[staged.name] = payload
+        return payload
 
     def _journal_was_wrong(self, staged: Staged) -> NewRecord | None:
         """The journal's line does not describe these bytes (edited after staging, or a false

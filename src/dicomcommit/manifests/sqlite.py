@@ -31,7 +31,7 @@ from dicomcommit.errors import ManifestDamaged, ManifestError
 from dicomcommit.layout import MANIFEST_NAME, STATE_DIR
 from dicomcommit.manifests.base import BaseManifest
 from dicomcommit.manifests.records import REVIEWED, NewRecord, Record, Run, Status, host_id, now
-from dicomcommit.naming import Attrs
+from dicomcommit.naming import Attrs, Value
 
 _REVIEWED = "status IN ('conflict', 'invalid')"  # the condition of the partial index files_review
 _RESOLUTION_COLUMNS = ("resolution", "resolved_by", "resolved_at")
@@ -483,8 +483,13 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 def _attrs_json(attrs: Attrs) -> str:
     """``_dumps(attrs)``, twice as fast for the usual case of string values (one call per row)."""
-    items = (f"{_quote(k)}:{_quote(v) if isinstance(v, str) else _dumps(v)}" for k, v in attrs.items())
+    items = (f"{_quote(k)}:{_quote(v) if isinstance(v, str) else _scalar(v)}" for k, v in attrs.items())
     return "{" + ",".join(items) + "}"
+
+
+def _scalar(value: Value) -> str:
+    """A non-text value as JSON: an int (a number, never a bool) without the encoder's call."""
+    return str(value) if type(value) is int else _dumps(value)
 
 
 def _record(row: tuple[Any, ...]) -> Record:
