@@ -103,7 +103,8 @@ def commit(
         on_conflict: a different file already holds the name: ``record`` keeps the staged
             file in ``.dicomcommit/conflicts/`` and records it; ``suffix`` commits it under
             ``<name>~<sha256 prefix>.<ext>``; ``error`` stops, leaving it staged.
-        durable: fsync files and touched directories (once per batch) before recording.
+        durable: make bytes and touched directories durable (once per batch) before recording:
+            one ``syncfs`` where it is as good as fsync, else an fsync of each.
         dry_run: report what would happen, by running the same engine against an archive
             and a manifest that only record what it would do; change nothing, take no lock.
         allow_collisions: accept a template without ``SOPInstanceUID``.
