@@ -115,19 +115,14 @@ def settled(path: Path, age: float = 3600) -> Path:
 
 
 @contextlib.contextmanager
-def tmpfs(mount: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of *size* mounted at *mount* (made here), for a real ENOSPC or EROFS.
-
-    Mounting needs root: as root (as CI runs), a mount that fails fails the test; otherwise
-    the test is skipped.
-    """
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "none", str(mount)],
-                             capture_output=True, text=True, check=False)  # fmt: skip
+def _mounted(what: str, mount: Path, args: list[str]) -> Iterator[Path]:
+    """``mount <args> <mount>``, unmounted afterwards. Mounting needs root: as root (as CI
+    runs), a mount that fails fails the test; otherwise the test is skipped."""
+    mounted = subprocess.run(["mount", *args, str(mount)], capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         if os.geteuid() == 0:
-            pytest.fail(f"cannot mount a tmpfs at {mount}: {mounted.stderr.strip()}")
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+            pytest.fail(f"cannot mount {what} at {mount}: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount {what} here (needs root)")
     try:
         yield mount
     finally:
@@ -137,25 +132,23 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of *size* mounted at *mount* (made here), for a real ENOSPC or EROFS (needs root)."""
+    mount.mkdir()
+    with _mounted("a tmpfs", mount, ["-t", "tmpfs", "-o", f"size={size}", "none"]) as path:
+        yield path
+
+
+@contextlib.contextmanager
 def overlay(base: Path) -> Iterator[Path]:
-    """An overlayfs mounted at *base*/mnt (its layers below *base*): a filesystem with hard
-    links whose syncfs dicomcommit does not trust, so it fsyncs each file and directory.
-    Needs root, as :func:`tmpfs`: as root a failed mount fails the test, otherwise it is skipped."""
+    """An overlayfs mounted at *base*/mnt (its layers below *base*; needs root): a filesystem
+    with hard links whose syncfs dicomcommit does not trust, so it fsyncs each file and directory."""
     layers = {name: base / name for name in ("lower", "upper", "work", "mnt")}
     for path in layers.values():
         path.mkdir(parents=True)
     options = f"lowerdir={layers['lower']},upperdir={layers['upper']},workdir={layers['work']}"
-    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(layers["mnt"])],
-                             capture_output=True, text=True, check=False)  # fmt: skip
-    if mounted.returncode != 0:
-        if os.geteuid() == 0:
-            pytest.fail(f"cannot mount an overlayfs at {layers['mnt']}: {mounted.stderr.strip()}")
-        pytest.skip("cannot mount an overlayfs here (needs root)")
-    try:
-        yield layers["mnt"]
-    finally:
-        if subprocess.run(["umount", str(layers["mnt"])], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(layers["mnt"])], check=False)
+    with _mounted("an overlayfs", layers["mnt"], ["-t", "overlay", "overlay", "-o", options]) as path:
+        yield path
 
 
 @pytest.fixture

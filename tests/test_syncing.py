@@ -19,6 +19,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import Stager, _fs, commit, ingest
+from dicomcommit.archives import filesystem
 from dicomcommit.manifests.sqlite import SQLiteManifest
 from tests.conftest import archive_files, overlay, tmpfs, write_foreign
 
@@ -176,3 +177,34 @@ def test_ingest_copies_are_durable_before_their_names_and_names_before_the_manif
         assert {call for call, _ in batch[links[-1] + 1 :]} == {"fsync dir"}
     assert len(archive_files(archive)) == 40
     assert os.listdir(archive / ".dicomcommit" / "tmp") == []  # no copy is left behind
+
+
+def test_copies_made_ahead_hold_a_bounded_space_and_the_rest_are_synced_one_by_one(
+    tmp_path: Path, make_ds: MakeDs, monkeypatch: pytest.MonkeyPatch, calls: list[tuple[str, str]]
+) -> None:
+    """A rerun of ingest finds every name taken: its copies made ahead wait until the batch
+    ends, so at most COPY_AHEAD_BYTES of them exist at once."""
+    source, archive = tmp_path / "source", tmp_path / "archive"
+    source.mkdir()
+    for i in range(40):
+        write_foreign(source / f"{i}.dcm", make_ds(i))
+    size = (source / "0.dcm").stat().st_size
+    monkeypatch.setattr(filesystem, "COPY_AHEAD_BYTES", 4 * size)
+    ingest(source, archive)
+    tmp = archive / ".dicomcommit" / "tmp"
+    held: list[int] = []
+    real_copy = _fs.copy_exclusive
+
+    def copy(*args: Any, **kwargs: Any) -> str:
+        held.append(len(os.listdir(tmp)))
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(_fs, "copy_exclusive", copy)
+    calls.clear()
+    again = ingest(source, archive)  # every file a duplicate now
+    assert again.duplicates == 40
+    assert len(held) == 40
+    assert max(held) <= 4  # the 4 made ahead, never the batch's 40
+    fsynced = [name for call, name in calls if call == "fsync"]
+    assert len(fsynced) == 36  # the others: each copy durable before its link, as before
+    assert os.listdir(tmp) == []

@@ -32,6 +32,9 @@ from dicomcommit.errors import ArchiveError, LockError, LockTimeout, NoClobberUn
 from dicomcommit.hashing import hash_at
 from dicomcommit.layout import LOCK_NAME, STATE_DIR, TMP_DIR
 
+#: Bytes a batch copies ahead at most (ingest's copy mode), made durable together.
+COPY_AHEAD_BYTES = 256 << 20
+
 
 class FilesystemArchive(BaseArchive):
     """The archive at the directory *root* (created, with its state directory, on the first
@@ -339,15 +342,23 @@ class _DirTree:
         """Copy each payload's bytes into *tmp* for :meth:`link_in` to link, and (durable)
         make all the copies durable with one flush: bytes durable before any name.
 
-        A payload that cannot be copied now is left to :meth:`link_in`, which copies it again
-        and reports the error with its name.
+        At most :data:`COPY_AHEAD_BYTES` are copied ahead: a copy whose name turns out to be
+        taken (a rerun of ingest finds every file there) is removed only at the batch's end,
+        so the space held at once stays bounded; the rest are copied one by one, each made
+        durable before its link. A payload that cannot be copied now is left to
+        :meth:`link_in`, which copies it again and reports the error with its name.
         """
         tmp_fd = self.dir_fd(self._tmp)
         made: dict[str, str] = {}
+        room = COPY_AHEAD_BYTES
         try:
             for payload in payloads:
                 with contextlib.suppress(OSError):
-                    made[payload.name] = _copy_of(payload, tmp_fd, owner)
+                    copied, size = _copy_of(payload, tmp_fd, owner)
+                    made[payload.name] = copied
+                    room -= size
+                if room <= 0:
+                    break
             if self.durable:
                 try:
                     _fs.flush_files(tmp_fd, list(made.values()))
@@ -388,10 +399,11 @@ class _DirTree:
         self._fds.clear()
 
 
-def _copy_of(payload: Payload, tmp_fd: int, owner: str) -> str:
-    """A copy of *payload*'s bytes in *tmp_fd*, not synced (a batch keeps no fd per file open)."""
+def _copy_of(payload: Payload, tmp_fd: int, owner: str) -> tuple[str, int]:
+    """(name, size) of a copy of *payload*'s bytes in *tmp_fd*, not synced (a batch keeps no
+    fd per file open)."""
     fd = _fs.open_read(payload.name, payload.dir_fd)
     try:
-        return _fs.copy_exclusive(fd, tmp_fd, durable=False, owner=owner)
+        return _fs.copy_exclusive(fd, tmp_fd, durable=False, owner=owner), os.fstat(fd).st_size
     finally:
         os.close(fd)
