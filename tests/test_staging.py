@@ -14,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicomcommit import EncodeError, StageError, Stager, UsageError
+from dicomcommit.scanning import scan_staging
 from dicomcommit.staging.journal import JournalIndex, journal_dir
 from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import ROOT
@@ -181,3 +182,19 @@ def test_stage_many_failure_keeps_what_was_staged_complete(tmp_path: Path, make_
     staged = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert len(staged) == 2
     assert all(p.suffix == ".dcm" and pydicom.dcmread(p).SOPInstanceUID for p in staged)
+
+
+def test_commit_takes_staged_files_by_staging_time_and_others_by_mtime(tmp_path: Path) -> None:
+    """A stager's name carries its staging time, which orders it (no stat needed); a file
+    of another tool is ordered by its mtime among them."""
+    with Stager(tmp_path, durable=False) as stager:
+        first = stager.stage(synthetic_dataset(ROOT, 1))
+        between = tmp_path / "foreign.dcm"
+        pydicom.dcmwrite(between, synthetic_dataset(ROOT, 2), enforce_file_format=True)
+        last = stager.stage(synthetic_dataset(ROOT, 3))
+    moment = int(last.name[:16], 16)
+    os.utime(first, ns=(moment + 10**9, moment + 10**9))  # touched later: still staged first
+    os.utime(between, ns=(moment - 1, moment - 1))
+    assert scan_staging(tmp_path).files == [first.name, between.name, last.name]
+    os.utime(between, ns=(moment + 1, moment + 1))
+    assert scan_staging(tmp_path).files == [first.name, last.name, between.name]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicomcommit.layout import PART_SUFFIX
+from dicomcommit.layout import PART_SUFFIX, STAGED_SUFFIX
+
+# The name a Stager gives a file: its staging time in nanoseconds (16 hex digits), a UUID4.
+_STAGED_NAME = re.compile(rf"([0-9a-f]{{16}})-[0-9a-f]{{32}}{re.escape(STAGED_SUFFIX)}")
 
 
 @dataclass
@@ -33,6 +37,7 @@ def scan_staging(staging: Path, *, include_hidden: bool = False, skip_parts: boo
     walk = _Walk(Scan(), include_hidden, skip_parts)
     walk.walk(staging, "")
     # Oldest first, so the file staged first wins its name; ties by name, deterministically.
+    # Age is the staging time a stager's name carries, else the file's mtime.
     walk.timed.sort()
     walk.scan.files = [rel for _, rel in walk.timed]
     return walk.scan
@@ -86,4 +91,7 @@ class _Walk:
         elif self.skip_parts and entry.name.endswith(PART_SUFFIX):
             self.scan.skipped.append((rel, f"unfinished stage ({PART_SUFFIX})"))
         else:
-            self.timed.append((entry.stat(follow_symlinks=False).st_mtime_ns, rel))
+            staged = _STAGED_NAME.fullmatch(entry.name) if self.skip_parts and not prefix else None
+            # A stager's name starts with its staging time (ns, hex): no stat needed to order it.
+            when = int(staged[1], 16) if staged else entry.stat(follow_symlinks=False).st_mtime_ns
+            self.timed.append((when, rel))

@@ -213,7 +213,7 @@ class SQLiteManifest(BaseManifest):
                   for r in records if r.claims is not None]  # fmt: skip
         records = [r for r in records if r.claims is None]
         rows = [
-            (str(r.status), _db(r.target), _db(r.path), _db(r.source), r.size, r.sha256, r.existing_sha256,
+            (r.status.value, _db(r.target), _db(r.path), _db(r.source), r.size, r.sha256, r.existing_sha256,
              _attrs_json(r.attrs), r.run, r.time or stamp, _db(r.detail), self._host(r))
             for r in records
         ]  # fmt: skip

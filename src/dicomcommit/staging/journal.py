@@ -58,7 +58,7 @@ class StagedRecord:
 
     def covers(self, keywords: Iterable[str]) -> bool:
         """Whether every keyword a template needs was recorded."""
-        return all(k in self.attrs for k in keywords)
+        return self.attrs.keys() >= set(keywords)
 
     def to_line(self) -> bytes:
         """Encode as one journal line."""
