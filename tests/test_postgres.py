@@ -28,6 +28,7 @@ from dicomcommit import (
     Stager,
     Status,
     UsageError,
+    _fs,
     commit,
     ingest,
     open_manifest,
@@ -35,6 +36,7 @@ from dicomcommit import (
 )
 from dicomcommit import resolve as resolve_conflict
 from dicomcommit.cli.main import main
+from dicomcommit.committing import describing
 from dicomcommit.manifests import ENV_MANIFEST, manifest_url
 from dicomcommit.manifests.copying import copy_manifest
 from dicomcommit.manifests.records import Claim, NewRecord, host_id
@@ -342,13 +344,21 @@ def test_a_link_that_reports_eexist_after_it_happened_is_ours(
             replied.append(str(dst))
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dst)
 
+    real_syncfs = _fs.syncfs
+    synced_filesystems: set[int] = set()
+
     def fsync(fd: int) -> None:
         st = os.fstat(fd)
         synced.add((st.st_dev, st.st_ino))
         real_fsync(fd)
 
+    def syncfs(fd: int) -> None:  # where it covers the archive, one syncfs stands for each fsync
+        synced_filesystems.add(os.fstat(fd).st_dev)
+        real_syncfs(fd)
+
     monkeypatch.setattr(os, "link", link_then_eexist)
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(_fs, "syncfs", syncfs)
     report = commit(staging, archive, settle=0)
     assert replied, "the fault was injected"
     assert report.counts()["committed"] == 1
@@ -360,7 +370,7 @@ def test_a_link_that_reports_eexist_after_it_happened_is_ours(
     if copy:
         assert row.detail.startswith("copied, not linked")  # not "linked by an interrupted earlier run"
     parent = os.stat(final.parent)
-    assert (parent.st_dev, parent.st_ino) in synced
+    assert (parent.st_dev, parent.st_ino) in synced or parent.st_dev in synced_filesystems
 
 
 def test_resolve_on_postgresql_keeps_the_staged_file(
@@ -531,3 +541,36 @@ def test_copying_to_sqlite_refuses_rows_of_two_hosts_that_share_a_key(
     with pytest.raises(ManifestError, match="hosts 'node-a' and 'node-b'"):
         copy_manifest(pg_url, tmp_path / "one-host.sqlite")
     assert len(_rows(archive, pg_url)) == 2  # not moved
+
+
+def test_a_file_the_other_committer_removes_while_this_one_compares_it_is_left_to_that_one(
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two committers of one staging directory, no lock: the other one recorded the file and
+    removed it while this one, finding its name taken, opened it to compare the bytes. Seen
+    in the four-host test; it stopped the run with "cannot commit this file (No such file)"."""
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    staging.mkdir()
+    with Stager(staging) as stager:
+        taken = stager.stage(make_ds(1))
+        kept = stager.stage(make_ds(2))
+    target = archive / _target_of(make_ds(1))
+    target.parent.mkdir(parents=True)
+    target.write_bytes(taken.read_bytes())  # its bytes, placed by the other committer
+    real_hash = describing.Staged.hash
+
+    def removed_first(self: describing.Staged, dir_fd: int) -> str:
+        if self.name == taken.name and self.sha256 is None:
+            taken.unlink()  # the other committer's unlink, after its manifest row
+        return real_hash(self, dir_fd)
+
+    monkeypatch.setattr(describing.Staged, "hash", removed_first)
+    report = commit(staging, archive, manifest=pg_url)
+    assert report.committed == 1  # the other file; the removed one is the other committer's
+    assert not kept.exists()
+    with open_manifest(archive, manifest=pg_url) as opened:
+        assert [row.source for row in opened.records()] == [kept.name]
+
+
+def _target_of(ds: Dataset) -> str:
+    return f"{ds.PatientID}/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"

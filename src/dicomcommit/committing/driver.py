@@ -352,6 +352,13 @@ class _Committer:
             return self._decide(staged)
         except _Gone:  # another committer took it between its claim and ours (committed, and recorded)
             return None
+        except FileNotFoundError:
+            # Without the archive lock, the other committer of this staging directory may
+            # have recorded it and removed it while this one read it (to compare its bytes
+            # with what holds its name): nothing of it was placed here yet.
+            if self.manifest.shared and not _fs.exists_at(self.source.dir_fd, staged.name):
+                return None
+            raise
         finally:
             staged.close()
 
