@@ -33,6 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "dicomcommit.layout",
             "dicomcommit._faults",
             "dicomcommit._fs",
+            "dicomcommit._gc",
             "dicomcommit.hashing",
             "dicomcommit.naming",
             "dicomcommit.scanning",

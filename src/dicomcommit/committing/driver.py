@@ -23,11 +23,10 @@ in memory, and a source that removes nothing.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import TypeVar
 from dicomcommit import _fs
 from dicomcommit._faults import point
 from dicomcommit._fs import Placed
+from dicomcommit._gc import collections_paused
 from dicomcommit.archives import BaseArchive, open_archive
 from dicomcommit.archives.base import Payload
 from dicomcommit.archives.rehearsal import Rehearsal
@@ -191,24 +191,6 @@ def run(
         committer.run(names, batch_size, lock, progress)
 
 
-@contextmanager
-def _collections_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused for a batch, as it was before after it.
-
-    A batch keeps its few thousand files' records alive until the manifest has them; each
-    collection the allocations trigger would walk all of them again (and every object
-    pydicom's dictionaries hold), for cycles a batch does not make: about a sixth of the
-    time of a commit of small staged files. Reference counting frees everything as usual.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 class _Gone(Exception):
     """The staged file is gone: another committer committed it and removed it."""
 
@@ -256,7 +238,7 @@ class _Committer:
             self.manifest.finish_run(self.report.run, self.report.counts())
 
     def _batch(self, names: list[str]) -> None:
-        with _collections_paused():
+        with collections_paused():  # a batch makes no cycles: collections would only re-walk it
             self._batch_of(names)
 
     def _batch_of(self, names: list[str]) -> None:
