@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "dicomcommit._faults",
             "dicomcommit._fs",
             "dicomcommit._gc",
+            "dicomcommit._version",
             "dicomcommit.hashing",
             "dicomcommit.naming",
             "dicomcommit.scanning",

@@ -9,6 +9,7 @@ same name are kept as conflicts in the :class:`Manifest`, for a person to :func:
 
 from __future__ import annotations
 
+from dicomcommit._version import __version__
 from dicomcommit.committing.driver import commit
 from dicomcommit.committing.ingest import ingest
 from dicomcommit.committing.outcomes import CommitReport
@@ -66,6 +67,7 @@ __all__ = [
     "TargetExistsError",
     "TemplateError",
     "UsageError",
+    "__version__",
     "commit",
     "dcmwrite",
     "ingest",

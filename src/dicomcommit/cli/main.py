@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from dicomcommit._version import __version__
 from dicomcommit.cli.demo import run_demo
 from dicomcommit.cli.display import (
     PrintableFormatter,
@@ -54,6 +55,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``dicomcommit`` command."""
     parser = _Parser(prog="dicomcommit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dicomcommit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_writing_commands(sub)
     add_receive_command(sub)
