@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from dicomcommit.archives import BaseArchive, open_archive
@@ -183,16 +183,10 @@ def _to_rgb8(pixels: np.ndarray) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """Encode an 8-bit grey (h, w) or RGB (h, w, 3) array as PNG."""
-    height, width = image.shape[:2]
-    color_type = 0 if image.ndim == 2 else 2
-    raw = b"".join(b"\0" + row.tobytes() for row in image)  # filter type 0 on every row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    """Encode an 8-bit grey (h, w) or RGB (h, w, 3) array as PNG (Pillow)."""
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")  # uint8: (h, w) is mode L, (h, w, 3) is RGB
+    return out.getvalue()
 
 
 _PAGE = """<!DOCTYPE html>
