@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import os
 import shutil
@@ -23,6 +24,8 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from dicomcommit import Stager, commit
 from dicomcommit.cli.main import main
 from dicomcommit.review.report import THUMBNAIL, thumbnail, write_report
+from dicomcommit.review.show import diff_files, label
+from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import wheel_file
 
 MakeDs = Callable[..., Dataset]
@@ -202,3 +205,34 @@ def test_a_palette_colour_image_is_shown_in_its_colours() -> None:
     assert (image[..., 0] != image[..., 1]).mean() > 0.1  # not the indices as grey
     colours = apply_color_lut(ds.pixel_array, ds)[::step, ::step]
     assert (image == colours >> 8).all()  # its 16-bit palette entries, in 8 bits
+
+
+def test_a_conflict_of_pixels_only_says_the_headers_agree(tmp_path: Path) -> None:
+    """Not an empty table of headings."""
+    staging, archive = tmp_path / "staging", tmp_path / "archive"
+    ds = synthetic_dataset("1.2.826.0.1.3680043.10.1234", 1)
+    other = copy.deepcopy(ds)
+    other.PixelData = bytes(len(ds.PixelData))
+    with Stager(staging) as stager:
+        stager.stage_many([ds, other])
+    commit(staging, archive)
+    out = tmp_path / "report.html"
+    assert write_report(archive, out) == 1
+    text = out.read_text()
+    assert "pixel data differs" in text
+    assert "no header differences" in text
+    assert "<table>" not in text
+
+
+def test_header_differences_name_group_lengths_and_private_elements(tmp_path: Path) -> None:
+    original = wheel_file("ExplVR_BigEnd.dcm")  # written with group lengths, which pydicom drops
+    ds = pydicom.dcmread(original)
+    ds.add_new(0x00091010, "LO", "a private value")
+    copy_path = tmp_path / "rewritten.dcm"
+    ds.save_as(copy_path)
+    labels = {e.tag: e.keyword for e in diff_files(original, copy_path).elements}
+    assert labels["(0008,0000)"] == "(group length)"
+    assert labels["(0009,1010)"] == "(private)"
+    assert "(private or unknown)" not in labels.values()
+    assert label(0x0008FFF1) == "(unknown)"
+    assert label(0x00100010) == "PatientName"

@@ -74,6 +74,9 @@ def _section(archive: BaseArchive, row: Record) -> str:
         for keep in ("existing", "staged", "both")
     )
     error = f"<p class='error'>{html.escape(diff.error)}</p>" if diff.error else ""
+    heading = "<tr><th>tag</th><th>keyword</th><th>existing</th><th>staged</th></tr>"
+    table = f"<table>{heading}{rows}</table>" if rows else "<p class='headers'>no header differences</p>"
+    table = "" if diff.error else table  # (the files could not both be read: nothing was compared)
     return f"""<section class="conflict" id="conflict-{row.id}">
 <h2>#{row.id} {html.escape(row.target or "")}</h2>
 <div class="pair">
@@ -81,7 +84,7 @@ def _section(archive: BaseArchive, row: Record) -> str:
 {_figure("staged (conflicting)", staged, row.sha256)}
 </div>
 {error}<p class="pixels">{pixels}</p>
-<table><tr><th>tag</th><th>keyword</th><th>existing</th><th>staged</th></tr>{rows}</table>
+{table}
 <pre>{commands}</pre>
 </section>"""
 

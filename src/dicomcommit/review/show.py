@@ -170,11 +170,20 @@ def diff_loaded(existing: Loaded, staged: Loaded) -> FileDiff:
             continue
         va, vb = ea.get(tag), eb.get(tag)
         if va != vb:
-            keyword = pydicom.datadict.keyword_for_tag(tag) or "(private or unknown)"
-            diff.elements.append(ElementDiff(str(Tag(tag)), keyword, _short(va), _short(vb)))
+            diff.elements.append(ElementDiff(str(Tag(tag)), label(tag), _short(va), _short(vb)))
     if PIXEL_DATA in ea or PIXEL_DATA in eb:
         diff.pixels_differ = PIXEL_DATA not in ea or PIXEL_DATA not in eb or ea[PIXEL_DATA] != eb[PIXEL_DATA]
     return diff
+
+
+def label(tag: int) -> str:
+    """The keyword of *tag*, or what kind of element it is when the dictionary has none."""
+    keyword = pydicom.datadict.keyword_for_tag(tag)
+    if keyword:
+        return keyword
+    if tag & 0xFFFF == 0:
+        return "(group length)"  # retired outside the File Meta, still written by older tools
+    return "(private)" if (tag >> 16) % 2 else "(unknown)"
 
 
 def _elements(ds: Dataset) -> dict[int, Any]:
