@@ -236,3 +236,22 @@ def test_header_differences_name_group_lengths_and_private_elements(tmp_path: Pa
     assert "(private or unknown)" not in labels.values()
     assert label(0x0008FFF1) == "(unknown)"
     assert label(0x00100010) == "PatientName"
+
+
+@pytest.mark.parametrize("other", ["MR_small_bigendian.dcm", "MR_small_RLE.dcm"])
+def test_the_same_image_in_another_transfer_syntax_is_identical_after_decoding(other: str) -> None:
+    diff = diff_files(wheel_file("MR_small.dcm"), wheel_file(other))
+    assert diff.pixels_differ is False
+    assert diff.pixels == "pixel data identical after decoding"
+
+
+def test_pixels_that_differ_say_how_many_and_where(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(wheel_file("MR_small.dcm"))
+    pixels = ds.pixel_array.copy()
+    pixels[10:13, 20:24] += 7  # 12 pixels in rows 10-12, columns 20-23
+    ds.PixelData = pixels.tobytes()
+    changed = tmp_path / "changed.dcm"
+    ds.save_as(changed)
+    diff = diff_files(wheel_file("MR_small.dcm"), changed)
+    assert diff.pixels_differ is True
+    assert diff.pixels == f"pixel data differs: 12 of {pixels.size:,} pixels, rows 10-12, columns 20-23"

@@ -193,10 +193,10 @@ def print_shown(shown: Shown, archive: str | Path, out: TextIO, options: str = "
         _say(f"  {shown.diff.error}", out)
     for e in shown.diff.elements:
         _say(f"  {e.tag} {printable(e.keyword)[:16]:<16} {_clip(e.existing, width):<{width}} {e.staged}", out)
-    pixels = {None: "no pixel data", True: "pixel data DIFFERS", False: "pixel data identical"}[
-        shown.diff.pixels_differ
-    ]
-    _say(f"  {pixels}", out)
+    pixels = shown.diff.pixels
+    if shown.diff.pixels_differ:
+        pixels = pixels.replace("differs", "DIFFERS", 1)
+    _say(f"  {printable(pixels)}", out)
     print(file=out)
     _say(f"  resolve with: dicomcommit resolve {archive} {r.id} --keep existing|staged|both{options}", out)
 

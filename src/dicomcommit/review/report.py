@@ -68,7 +68,7 @@ def _section(archive: BaseArchive, row: Record) -> str:
         f"<td>{html.escape(e.existing)}</td><td>{html.escape(e.staged)}</td></tr>"
         for e in diff.elements
     )
-    pixels = {None: "no pixel data", True: "pixel data differs", False: "pixel data identical"}[diff.pixels_differ]
+    pixels = diff.pixels
     commands = "\n".join(
         html.escape(f"dicomcommit resolve {archive.location} {row.id} --keep {keep}")
         for keep in ("existing", "staged", "both")
@@ -83,7 +83,7 @@ def _section(archive: BaseArchive, row: Record) -> str:
 {_figure("existing (committed)", existing, row.existing_sha256)}
 {_figure("staged (conflicting)", staged, row.sha256)}
 </div>
-{error}<p class="pixels">{pixels}</p>
+{error}<p class="pixels">{html.escape(pixels)}</p>
 {table}
 <pre>{commands}</pre>
 </section>"""

@@ -40,7 +40,8 @@ class FileDiff:
     """How the committed file and the conflicting one differ."""
 
     elements: list[ElementDiff] = field(default_factory=list)
-    pixels_differ: bool | None = None  # None: neither has pixel data
+    pixels_differ: bool | None = None  # None: neither has pixel data; False: the same image, however encoded
+    pixels: str = "no pixel data"  # the comparison in words: identical, after decoding, or where they differ
     error: str | None = None  # a file could not be read
 
 
@@ -172,8 +173,39 @@ def diff_loaded(existing: Loaded, staged: Loaded) -> FileDiff:
         if va != vb:
             diff.elements.append(ElementDiff(str(Tag(tag)), label(tag), _short(va), _short(vb)))
     if PIXEL_DATA in ea or PIXEL_DATA in eb:
-        diff.pixels_differ = PIXEL_DATA not in ea or PIXEL_DATA not in eb or ea[PIXEL_DATA] != eb[PIXEL_DATA]
+        diff.pixels_differ, diff.pixels = _compare_pixels(existing, staged)
     return diff
+
+
+def _compare_pixels(existing: Loaded, staged: Loaded) -> tuple[bool, str]:
+    """Whether the two images differ, and how: by their encoded bytes when those are equal,
+    else by their decoded pixels (another transfer syntax may hold the same image)."""
+    a, b = existing.elements.get(PIXEL_DATA), staged.elements.get(PIXEL_DATA)
+    if a is None or b is None:
+        return True, "pixel data in one file only"
+    if a == b:
+        return False, "pixel data identical"
+    decoded = []
+    for loaded in (existing, staged):
+        assert loaded.dataset is not None
+        with warnings_logged(loaded.path):
+            try:
+                decoded.append(loaded.dataset.pixel_array)
+            except Exception as exc:  # no decoder for this transfer syntax, corrupt data...
+                reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+                return True, f"pixel data differs (encoded bytes; {loaded.path} cannot be decoded: {reason})"
+    first, second = decoded
+    if first.shape != second.shape:
+        return True, f"pixel data differs: {first.shape} and {second.shape} pixels"
+    unequal = first != second
+    if not unequal.any():
+        return False, "pixel data identical after decoding"
+    colour = existing.dataset is not None and existing.dataset.get("SamplesPerPixel", 1) > 1
+    where = unequal.any(axis=-1) if colour else unequal  # a pixel differs when any of its samples does
+    rows = where.any(axis=tuple(i for i in range(where.ndim) if i != where.ndim - 2)).nonzero()[0]
+    cols = where.any(axis=tuple(range(where.ndim - 1))).nonzero()[0]
+    return True, (f"pixel data differs: {int(where.sum()):,} of {where.size:,} pixels, "
+                  f"rows {rows[0]}-{rows[-1]}, columns {cols[0]}-{cols[-1]}")  # fmt: skip
 
 
 def label(tag: int) -> str:
