@@ -60,7 +60,7 @@ def test_commit_exits_3_on_conflicts_and_review_lists_them(
 
     assert main(["review", str(archive)]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["ID", "STATUS", "TARGET", "PATH", "SHA256", "DETAIL"]
+    assert table.splitlines()[0].split() == ["ID", "STATUS", "TARGET", "PATH", "SOURCE", "SHA256"]
     assert "conflict" in table
 
     assert main(["review", str(archive), "--status", "invalid", "--json"]) == 0

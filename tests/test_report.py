@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,7 +24,9 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from dicomcommit import Stager, commit
 from dicomcommit.cli.main import main
-from dicomcommit.review.report import THUMBNAIL, thumbnail, write_report
+from dicomcommit.review.images import THUMBNAIL, thumbnail
+from dicomcommit.review.loading import Loaded
+from dicomcommit.review.report import write_report
 from dicomcommit.review.show import diff_files, label
 from dicomcommit.synthetic import synthetic_dataset
 from tests.conftest import wheel_file
@@ -77,10 +80,10 @@ def test_the_report_has_one_image_pair_per_conflict(archive: Path, tmp_path: Pat
     assert write_report(archive, out) == 3
     page = _Page()
     page.feed(out.read_text())
-    assert len(page.sections) == 3
-    assert all(len(figures) == 2 for figures in page.sections)
+    # Both files each; the synthetic pair, whose pixels differ, has a difference image too.
+    assert [len(figures) for figures in page.sections] == [3, 2, 2]
     images = [src for figures in page.sections for src in figures if src]
-    assert len(images) == 2  # only the synthetic pair has pixels we can decode
+    assert len(images) == 3  # only the synthetic pair has pixels that can be decoded
     for src in images:
         assert src.startswith("data:image/png;base64,")
         png = base64.b64decode(src.split(",", 1)[1])
@@ -238,7 +241,7 @@ def test_header_differences_name_group_lengths_and_private_elements(tmp_path: Pa
     assert label(0x00100010) == "PatientName"
 
 
-@pytest.mark.parametrize("other", ["MR_small_bigendian.dcm", "MR_small_RLE.dcm"])
+@pytest.mark.parametrize("other", ["MR_small_bigendian.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"])
 def test_the_same_image_in_another_transfer_syntax_is_identical_after_decoding(other: str) -> None:
     diff = diff_files(wheel_file("MR_small.dcm"), wheel_file(other))
     assert diff.pixels_differ is False
@@ -255,3 +258,36 @@ def test_pixels_that_differ_say_how_many_and_where(tmp_path: Path) -> None:
     diff = diff_files(wheel_file("MR_small.dcm"), changed)
     assert diff.pixels_differ is True
     assert diff.pixels == f"pixel data differs: 12 of {pixels.size:,} pixels, rows 10-12, columns 20-23"
+
+
+def test_without_the_decoders_the_placeholder_names_the_syntax_and_the_extra() -> None:
+    """In a process where the [images] decoders cannot be imported (as on an install without the extra)."""
+    code = (
+        "import sys\n"
+        "for name in ('pylibjpeg', 'libjpeg', 'openjpeg', 'rle', 'gdcm'): sys.modules[name] = None\n"
+        "from dicomcommit.review.images import thumbnail\n"
+        f"print(thumbnail(__import__('pathlib').Path({str(wheel_file('MR_small_jpeg_ls_lossless.dcm'))!r})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == (
+        "cannot decode the pixel data: no decoder for JPEG-LS Lossless Image Compression is installed "
+        "(pip install 'dicomcommit[images]')"
+    )
+
+
+def test_fewer_frames_than_the_header_says_is_a_reason_not_an_empty_one() -> None:
+    ds = pydicom.dcmread(wheel_file("MR_small_RLE.dcm"))
+    ds.NumberOfFrames = 3  # one fragment: pydicom's frame iterator raises a bare StopIteration
+    loaded = Loaded("MR_small_RLE.dcm", ds)
+    assert thumbnail(loaded) == (
+        "cannot decode the pixel data (RLE Lossless): it holds fewer frames than its Number of Frames (3)"
+    )
+
+
+def test_a_long_reason_is_kept_whole_and_its_box_scrolls(tmp_path: Path, archive: Path) -> None:
+    out = tmp_path / "report.html"
+    write_report(archive, out)
+    text = out.read_text()
+    reason = text.split('<div class="placeholder"', 2)[1]
+    assert "…</div>" not in reason  # not cut
+    assert "overflow: auto" in text  # the box scrolls instead of spilling over the heading

@@ -19,6 +19,7 @@ from dicomcommit import Manifest, Stager, UsageError, commit
 from dicomcommit._faults import RESOLVE_POINTS
 from dicomcommit.cli.main import main
 from dicomcommit.committing.resolve import Keep, resolve, resolve_many
+from dicomcommit.manifests.records import Status
 from dicomcommit.review.show import show
 from tests.conftest import archive_files, sha256_of, write_foreign
 
@@ -205,3 +206,20 @@ def test_review_exports_csv_and_json(
     assert {r["status"] for r in rows} == {"committed", "conflict"}
     assert main(["review", str(archive), "--format", "json"]) == 0
     assert sorted(r["id"] for r in json.loads(capsys.readouterr().out)) == sorted(ids.values())
+
+
+def test_a_resolved_conflict_is_not_resolved_again_another_way(dirs: tuple[Path, Path], make_ds: MakeDs) -> None:
+    """A stale page or a second reviewer: the first decision stands, the other is refused."""
+    staging, archive = dirs
+    Stager(staging).stage(make_ds(1))
+    commit(staging, archive)
+    Stager(staging).stage(make_ds(1, variant=1))
+    commit(staging, archive)
+    with Manifest(archive) as manifest:
+        (row,) = manifest.records(Status.CONFLICT)
+    resolve(archive, row.id, "both")
+    before = archive_files(archive)
+    with pytest.raises(UsageError, match="not a conflict any more"):
+        resolve(archive, row.id, "staged")
+    assert archive_files(archive) == before
+    assert resolve(archive, row.id, "both").resolution == "both"  # the same decision again: finishing it is fine

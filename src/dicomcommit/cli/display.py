@@ -1,16 +1,27 @@
 """Printing reports and manifest rows for people.
 
 Every value printed here goes through :func:`printable` first: header values and file
-names are data from outside, and a terminal obeys the control sequences in them.
+names are data from outside, and a terminal obeys the control sequences in them. Tables
+are as wide as the output (a terminal's width, COLUMNS, or no limit in a pipe); a value
+too long for its column wraps, laid out by rich, which is given only Text, never markup.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import os
+import sys
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TextIO, TypeAlias
+
+from rich.cells import cell_len
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import RecoverReport
@@ -91,33 +102,23 @@ def print_summary(report: CommitReport, archive: str | Path, out: TextIO, option
 
 
 def print_table(records: list[Record], out: TextIO) -> None:
-    """Print *records* as an aligned table, long values shortened in the middle."""
+    """Print *records* as a table no wider than the output (see :func:`_width`).
+
+    Long values wrap, and fold where they have no space, but are never cut: every target,
+    path and UID can be read whole. A detail that every row shares is printed once, under
+    the table, rather than in a column repeating it.
+    """
     if not records:
         _say("no rows", out)
         return
-    header = ("ID", "STATUS", "TARGET", "PATH", "SHA256", "DETAIL")
-    # Escaped before measuring, so that the columns line up with what is printed.
-    rows = [
-        (
-            str(r.id),
-            printable(r.status),
-            _short(printable(r.target or "-"), 60),
-            _short(printable(r.path), 48),
-            printable((r.sha256 or "-")[:12]),
-            _short(printable(r.detail), 60),
-        )
-        for r in records
-    ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        _say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), out)
-
-
-def _short(text: str, width: int) -> str:
-    if len(text) <= width:
-        return text
-    half = (width - 1) // 2
-    return f"{text[:half]}…{text[-(width - 1 - half) :]}"
+    details = {r.detail for r in records}
+    shared = details.pop() if len(details) == 1 else None
+    headers = ["ID", "STATUS", "TARGET", "PATH", "SOURCE", "SHA256", *(["DETAIL"] if shared is None else [])]
+    rows = ([str(r.id), r.status, r.target or "-", r.path, r.source, (r.sha256 or "-")[:12], r.detail][: len(headers)]
+            for r in records)  # fmt: skip
+    _print_columns(headers, rows, out, keep={0, 1, 5}, right={0})
+    if shared:
+        _say(f"DETAIL{' (every row)' if len(records) > 1 else ''}: {shared}", out)
 
 
 def print_recovery(report: RecoverReport, out: TextIO) -> None:
@@ -166,7 +167,10 @@ def _cell(value: object) -> object:
 
 
 def print_shown(shown: Shown, archive: str | Path, out: TextIO, options: str = "") -> None:
-    """Print a row; for a conflict, both files side by side and what differs (*options*: as for print_summary)."""
+    """Print a row; for a conflict, both files side by side and what differs (*options*: as for print_summary).
+
+    Keywords, paths and values are printed whole: in a narrow table they wrap.
+    """
     r = shown.record
     _say(f"#{r.id} {r.status}: {r.target or '-'}", out)
     _say(f"  bytes at {r.path} ({r.size} bytes, sha256 {r.sha256 or 'not computed yet'})", out)
@@ -180,28 +184,125 @@ def print_shown(shown: Shown, archive: str | Path, out: TextIO, options: str = "
         _say(f"  resolved ({r.resolution}) by {r.resolved_by} at {r.resolved_at}", out)
     if shown.existing is None or shown.staged is None or shown.diff is None:
         return
-    width = 40
     print(file=out)
-    _say(f"  {'':<28} {'existing (committed)':<{width}} staged (conflict)", out)
-    for label, a, b in (
-        ("file", shown.existing.path, shown.staged.path),
-        ("size", str(shown.existing.size), str(shown.staged.size)),
-        ("sha256", str(shown.existing.sha256)[:32], str(shown.staged.sha256)[:32]),
-    ):
-        _say(f"  {label:<28} {_clip(a, width):<{width}} {b}", out)
+    rows = [
+        ["file", shown.existing.path, shown.staged.path],
+        ["size", str(shown.existing.size), str(shown.staged.size)],
+        ["sha256", str(shown.existing.sha256), str(shown.staged.sha256)],
+        *([f"{e.tag} {e.keyword}", e.existing, e.staged] for e in shown.diff.elements),
+    ]
+    _print_columns(["", "existing (committed)", "staged (conflict)"], rows, out, indent=2)
     if shown.diff.error:
         _say(f"  {shown.diff.error}", out)
-    for e in shown.diff.elements:
-        _say(f"  {e.tag} {printable(e.keyword)[:16]:<16} {_clip(e.existing, width):<{width}} {e.staged}", out)
     pixels = shown.diff.pixels
     if shown.diff.pixels_differ:
         pixels = pixels.replace("differs", "DIFFERS", 1)
-    _say(f"  {printable(pixels)}", out)
+    _say(f"  {pixels}", out)
     print(file=out)
     _say(f"  resolve with: dicomcommit resolve {archive} {r.id} --keep existing|staged|both{options}", out)
 
 
-def _clip(text: str, width: int) -> str:
-    """*text* escaped, then cut to *width* (escaped first, so the column lines up)."""
-    text = printable(text)
-    return text if len(text) <= width else f"{text[: width - 1]}…"
+# --- tables ------------------------------------------------------------------------------------
+
+# A table is as wide as COLUMNS, when it is set: what the user asked for, terminal or not.
+# Else a terminal's own width, so that no line of it wraps there. Else (a pipe, a file, a
+# test's capture) no limit: each row stays on one line, whole, for grep and for scripts
+# (rich itself would pick 80, or the width of whatever terminal stdin happens to be).
+_UNLIMITED = sys.maxsize
+_GAP = 2  # spaces between columns
+_NARROWEST = 8  # a column is narrowed below this (or a kept one at all) only when no other can give way
+
+
+def _width(out: TextIO) -> int:
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if not is_terminal(out):
+        return _UNLIMITED
+    try:
+        return os.get_terminal_size(out.fileno()).columns or 80
+    except (OSError, ValueError):  # a terminal that reports no size (a serial line, a bare pty)
+        return 80
+
+
+def is_terminal(out: TextIO) -> bool:
+    """Whether *out* is a terminal (False for a closed or detached stream)."""
+    try:
+        return out.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def rich_console(out: TextIO, width: int | None = None, *, soft_wrap: bool = False) -> Console:
+    """A console writing to *out* that interprets nothing it is given.
+
+    No markup, emoji codes or highlighting: what is printed is data from outside, and
+    ``[bold]`` in a file name is a file name. Colours and cursor control only on a
+    terminal; a pipe or a file gets plain text. With *soft_wrap*, text it prints is not
+    wrapped (tables still are).
+    """
+    terminal = is_terminal(out)
+    return Console(file=out, width=width, force_terminal=terminal, color_system="auto" if terminal else None,
+                   markup=False, emoji=False, highlight=False, force_jupyter=False, soft_wrap=soft_wrap)  # fmt: skip
+
+
+def _print_columns(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    out: TextIO,
+    *,
+    keep: Collection[int] = (),
+    right: Collection[int] = (),
+    indent: int = 0,
+) -> None:
+    """Print *rows* under *headers*, every value escaped, in columns no wider in all than the
+    output (:func:`_width`), *indent* spaces in, the columns in *right* justified right.
+
+    A column is as wide as its widest value. When they are too wide together, the widest
+    give way first (those in *keep* only when no other can), and the values that no longer
+    fit wrap, folded where they have no space: never cut. A row that wraps is laid out by
+    rich (a table of one row, at the same column widths, so that the rows line up); a row
+    that fits is written directly, as rich would, a hundred times faster: a review of a
+    million rows into a pipe takes seconds. No colours: a table is plain text anywhere.
+    """
+    cells = [[printable(value) for value in row] for row in (headers, *rows)]
+    natural = [max(cell_len(row[column]) for row in cells) for column in range(len(headers))]
+    room = _width(out) - indent - _GAP * (len(headers) - 1)
+    widths = _fit(natural, set(keep), room)
+    margin = " " * indent
+    console = rich_console(io.StringIO(), sum(widths) + _GAP * (len(widths) - 1))
+    for row in cells:
+        if all(cell_len(cell) <= width for cell, width in zip(row, widths, strict=True)):
+            line = (" " * _GAP).join(_pad(cell, width, column in right) for column, (cell, width) in
+                                     enumerate(zip(row, widths, strict=True)))  # fmt: skip
+            print(f"{margin}{line}".rstrip(), file=out)
+            continue
+        table = Table(box=None, pad_edge=False, padding=(0, _GAP // 2), show_header=False, highlight=False)
+        for column, width in enumerate(widths):
+            table.add_column(width=width, overflow="fold", justify="right" if column in right else "left")
+        table.add_row(*map(Text, row))  # Text, not a str: rich reads no markup in it
+        with console.capture() as captured:
+            console.print(table)
+        for line in captured.get().splitlines():
+            print(f"{margin}{line}".rstrip(), file=out)
+
+
+def _pad(cell: str, width: int, right: bool) -> str:
+    padding = " " * (width - cell_len(cell))
+    return padding + cell if right else cell + padding
+
+
+def _fit(natural: list[int], keep: set[int], room: int) -> list[int]:
+    """Column widths, from their *natural* ones, that add up to *room* at most (if they can):
+    the widest column gives way, a character at a time, down to :data:`_NARROWEST`; a column
+    in *keep*, or any below that, only when no other can any more (then down to 1)."""
+    widths = list(natural)
+    floors = ([natural[i] if i in keep else min(natural[i], _NARROWEST) for i in range(len(natural))],
+              [1] * len(natural))  # fmt: skip
+    for floor in floors:
+        while sum(widths) > room:
+            able = [i for i, width in enumerate(widths) if width > floor[i]]
+            if not able:
+                break
+            widths[max(able, key=widths.__getitem__)] -= 1
+    return widths

@@ -16,7 +16,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
 from dicomcommit._version import __version__
 from dicomcommit.cli.demo import run_demo
@@ -29,9 +29,18 @@ from dicomcommit.cli.display import (
     print_table,
     printable,
 )
+from dicomcommit.cli.progress import progress_bar
 from dicomcommit.cli.receive import add_receive_command, run_receive
-from dicomcommit.cli.values import add_manifest_option, add_store_options, archive_location, count, directory, seconds
-from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, ON_CONFLICT_CHOICES, commit
+from dicomcommit.cli.values import (
+    add_manifest_option,
+    add_store_options,
+    archive_location,
+    count,
+    directory,
+    port,
+    seconds,
+)
+from dicomcommit.committing.driver import DEFAULT_BATCH, DEFAULT_SETTLE, ON_CONFLICT_CHOICES, Progress, commit
 from dicomcommit.committing.ingest import ingest
 from dicomcommit.committing.outcomes import CommitReport
 from dicomcommit.committing.recover import DEFAULT_PART_AGE, recover
@@ -42,6 +51,7 @@ from dicomcommit.manifests.copying import copy_manifest
 from dicomcommit.manifests.records import STATUSES
 from dicomcommit.naming import DEFAULT_TEMPLATE
 from dicomcommit.review.report import write_report
+from dicomcommit.review.serve import LOOPBACK, serve_review
 from dicomcommit.review.show import show
 
 log = logging.getLogger("dicomcommit")
@@ -134,8 +144,15 @@ def _add_review_commands(sub: Subparsers[_Parser]) -> None:
     r.add_argument("--status", choices=(*STATUSES, "all"), default="conflict", help="which rows [conflict]")
     r.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format [table]")
     r.add_argument("--json", action="store_const", const="json", dest="format", help="the same as --format json")
+    r.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve a page to decide the conflicts from, in a browser (its URL, with a token, is printed)",
+    )
+    r.add_argument("--host", default=LOOPBACK, help=f"with --serve: the address to listen on [{LOOPBACK}]")
+    r.add_argument("--port", type=port, default=0, help="with --serve: the port [0: any free one]")
     add_manifest_option(r)
-    add_store_options(r, jobs=False)  # (review reads only the manifest: accepted, for commands written alike)
+    add_store_options(r, jobs=False)
 
     s = sub.add_parser("show", help="one manifest row; for a conflict, both files side by side")
     s.add_argument("archive", type=archive_location, help="the archive root, or s3://bucket/prefix")
@@ -298,8 +315,13 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _commit(args: argparse.Namespace) -> int:
-    progress = _ProgressBar(sys.stderr, "committing") if sys.stderr.isatty() and not args.json else None
-    report = commit(
+    with progress_bar("committing", sys.stderr, enabled=not args.json) as progress:
+        report = _commit_with(args, progress)
+    return _print_report(report, args)
+
+
+def _commit_with(args: argparse.Namespace, progress: Progress | None) -> CommitReport:
+    return commit(
         args.staging,
         args.archive,
         template=args.template,
@@ -315,12 +337,16 @@ def _commit(args: argparse.Namespace) -> int:
         endpoint_url=args.endpoint_url,
         jobs=args.jobs,
     )
-    return _print_report(report, args, progress)
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    progress = _ProgressBar(sys.stderr, "ingesting") if sys.stderr.isatty() and not args.json else None
-    report = ingest(
+    with progress_bar("ingesting", sys.stderr, enabled=not args.json) as progress:
+        report = _ingest_with(args, progress)
+    return _print_report(report, args)
+
+
+def _ingest_with(args: argparse.Namespace, progress: Progress | None) -> CommitReport:
+    return ingest(
         args.source,
         args.archive,
         move=args.move,
@@ -337,12 +363,9 @@ def _ingest(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         endpoint_url=args.endpoint_url,
     )
-    return _print_report(report, args, progress)
 
 
-def _print_report(report: CommitReport, args: argparse.Namespace, progress: _ProgressBar | None) -> int:
-    if progress is not None:
-        progress.done()
+def _print_report(report: CommitReport, args: argparse.Namespace) -> int:
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         print()
@@ -374,6 +397,12 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _review(args: argparse.Namespace) -> int:
+    if args.serve:
+        serve_review(args.archive, host=args.host, port=args.port, manifest=args.manifest,
+                     endpoint_url=args.endpoint_url, out=sys.stdout)  # fmt: skip
+        return EXIT_OK
+    if args.host != LOOPBACK or args.port != 0:
+        raise UsageError("--host and --port go with --serve")
     with open_manifest(args.archive, manifest=args.manifest) as manifest:
         records = manifest.records(None if args.status == "all" else args.status)
     if args.format == "json":
@@ -419,17 +448,3 @@ def _resolve(args: argparse.Namespace) -> int:
         if not records:
             print("no open conflict matched")
     return EXIT_OK
-
-
-class _ProgressBar:
-    def __init__(self, out: TextIO, verb: str) -> None:
-        self._out = out
-        self._verb = verb
-
-    def __call__(self, done: int, total: int, *_: Any) -> None:
-        filled = 30 * done // max(total, 1)
-        self._out.write(f"\r{self._verb} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
-        self._out.flush()
-
-    def done(self) -> None:
-        self._out.write("\n")

@@ -45,6 +45,21 @@ def count(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    """A TCP port: 0 (any free one) to 65535.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 (any free one) to 65535, not {value}")
+    return value
+
+
 def archive_location(text: str) -> str | Path:
     """An ARCHIVE argument: ``s3://bucket/prefix`` (kept as text), or a directory.
 

@@ -110,7 +110,9 @@ def commit(
         allow_collisions: accept a template without ``SOPInstanceUID``.
         batch_size: files per lock hold and manifest transaction.
         lock_timeout: seconds to wait for the archive lock (None: wait as long as it takes).
-        progress: called as ``progress(done, total)`` after each batch.
+        progress: called as ``progress(done, total)`` as each file's outcome is decided
+            (*done* counts up to *total*, the files found; a file another committer took
+            counts as done). It is called under the batch's lock, once per file: keep it quick.
         settle: seconds a foreign file (one no stager wrote, or whose journal line does not
             describe it) must have gone unmodified before it is taken: a younger one may still
             be growing, and is left in place for the next run (0: take it at once).
@@ -216,6 +218,8 @@ class _Committer:
         self.placed: set[str] = set()  # archive names this batch placed (their rows are not in yet)
         self.targets: dict[str, str] = {}  # this batch's rendered targets, by file name
         self.payloads: dict[str, Payload] = {}  # and what the archive is handed, by file name
+        self.progress: Progress | None = None
+        self.done, self.total = 0, 0  # files decided so far (for progress), of all
         self.facts = Describer(source.root, template.keywords, journal=source.journal, copy=source.copies,
                                settle=source.settle, described=source.described)  # fmt: skip
 
@@ -225,12 +229,11 @@ class _Committer:
         with self.manifest.leased():
             self.archive.owner = self.manifest.lease or ""  # names its temporary copies
             self.manifest.start_run(self.report.run, staging=str(self.source.root), template=self.template.text)
+            self.progress, self.done, self.total = progress, 0, len(names)
             try:
                 for start in range(0, len(names), batch_size):
                     with lock:
                         self._batch(names[start : start + batch_size])
-                    if progress is not None:
-                        progress(min(start + batch_size, len(names)), len(names))
                 with lock:
                     self.source.finish()
             finally:
@@ -253,6 +256,7 @@ class _Committer:
             batch = [staged for staged in described if staged is not None]
             if self.manifest.shared:
                 batch = self._claimed(batch)
+            self._decided(len(names) - len(batch))  # gone, or another committer's: nothing to decide
             # Bytes first, names after: a name must never point at data a power cut can lose.
             if self.durable:
                 self.source.flush([staged.name for staged in batch if staged.unsynced])
@@ -262,6 +266,7 @@ class _Committer:
                 record = self._guarded(staged.name, partial(self._outcome, staged))
                 if record is not None:
                     done.append((record, staged.name))
+                self._decided(1)
         finally:
             # Whatever happened, what was placed gets recorded before any staged file goes.
             try:
@@ -269,6 +274,13 @@ class _Committer:
             finally:
                 self.archive.release()
                 self.source.end_batch()
+
+    def _decided(self, files: int) -> None:
+        """Count *files* more as decided, and tell the progress callback (a call per file: no I/O here)."""
+        if files:
+            self.done += files
+            if self.progress is not None:
+                self.progress(self.done, self.total)
 
     def _finish(self, done: list[tuple[NewRecord, str]]) -> None:
         try:

@@ -72,9 +72,11 @@ def resolve_many(
     lock_timeout: float | None = None,
     manifest: Location | None = None,
     endpoint_url: str | None = None,
+    who: str | None = None,
 ) -> list[Record]:
     """Resolve several conflicts the same way: the rows *ids*, or every open conflict
-    (filtered by commit *run* and by a *target* glob such as ``PAT01/*``).
+    (filtered by commit *run* and by a *target* glob such as ``PAT01/*``). The rows record
+    *who* decided (by default this user at this host: ``alice@ws7``).
 
     Raises:
         As :func:`resolve`.
@@ -88,7 +90,7 @@ def resolve_many(
         lock: AbstractContextManager[None] = nullcontext()
     else:
         lock = archive.lock(lock_timeout)
-    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    who = who or decider()
     done = []
     with lock, open_manifest(archive_dir, manifest=url) as opened, opened.exclusive():
         if ids is not None:
@@ -96,6 +98,9 @@ def resolve_many(
             for row in rows:
                 if row.status is not Status.CONFLICT and row.resolution is None:
                     raise UsageError(f"#{row.id} is {row.status}, not a conflict: nothing to resolve")
+                if row.status is not Status.CONFLICT and row.resolution != keep:  # (the same: rerun to finish)
+                    raise UsageError(f"#{row.id} is not a conflict any more: {row.resolved_by} resolved it "
+                                     f"(--keep {row.resolution}) at {row.resolved_at}")  # fmt: skip
         else:
             # Open conflicts, and decisions an interrupted run recorded but did not finish
             # (their conflict copy is still there): rerunning the same command finishes them.
@@ -112,6 +117,11 @@ def resolve_many(
                 _guarded(archive, row, partial(_ACTIONS[keep], archive, row, opened, who))
                 done.append(opened.get(row.id))
     return done
+
+
+def decider() -> str:
+    """Who decides, as the manifest records it: this user at this host (``alice@ws7``)."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def _claim_of(row: Record) -> Claim:

@@ -159,6 +159,11 @@ class BaseManifest(ABC):
         that frees itself when its session dies); nothing otherwise (the archive lock)."""
         return nullcontext()
 
+    def read_only(self) -> str | None:
+        """Why nothing can be written to this manifest (read-only media, no permission, a
+        standby server), or None when it can be: for a page to offer no decisions."""
+        return None
+
     @abstractmethod
     def rehearsal(self) -> BaseManifest:
         """A copy for a dry run: it reads as this manifest does, and what is written to it

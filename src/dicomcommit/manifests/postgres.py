@@ -477,6 +477,19 @@ class PostgresManifest(BaseManifest):
             with contextlib.suppress(psycopg.Error):  # a broken session has released it already
                 self._conn.execute("SELECT pg_advisory_unlock(%s)", (EXCLUSIVE_LOCK,))
 
+    def read_only(self) -> str | None:
+        """Why this session cannot write the rows: a standby server, a read-only session, or
+        no UPDATE privilege on the table."""
+        standby, session, allowed = self._one(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only'),"
+            " has_table_privilege('files', 'UPDATE')"
+        ) or (False, "off", True)
+        if standby:
+            return f"{self.location} is a standby server (read only)"
+        if session == "on":
+            return f"the sessions of {self.location} are read only (default_transaction_read_only)"
+        return None if allowed else f"the user of {self.location} may not update its table files"
+
     def rehearsal(self) -> SQLiteManifest:
         """A copy in memory (SQLite) of every row and run, for a dry run."""
         copy = SQLiteManifest.in_memory(self.location)

@@ -16,6 +16,7 @@ hashes those files and fills the column in.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import sqlite3
@@ -130,6 +131,7 @@ class SQLiteManifest(BaseManifest):
         self.path = Path(path)
         self.location = str(self.path)
         self.host = host_id()
+        self._immutable = False
         if self.path.is_symlink() or self.path.parent.is_symlink():
             raise ManifestError(f"{self.path} (or its directory) is a symlink; refusing to follow it")
         if not create and not self.path.is_file():
@@ -145,6 +147,7 @@ class SQLiteManifest(BaseManifest):
                 # Read-only media: WAL needs a writable -shm file, but nothing can change here.
                 uri = f"file:{quote(str(self.path.resolve()))}?immutable=1"
                 self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+                self._immutable = True
                 return
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             # For a new file only: 16 KiB pages store a row in about 800 bytes instead of 930,
@@ -161,6 +164,16 @@ class SQLiteManifest(BaseManifest):
         except ManifestError:
             self._db.close()
             raise
+
+    def read_only(self) -> str | None:
+        """Why the file cannot be written (its filesystem is read-only, or the file or its
+        directory, where SQLite writes its journal, is not writable by this user)."""
+        if self._immutable:
+            return f"the manifest {self.path} is on a read-only filesystem"
+        for path in (self.path, self.path.parent):
+            if not os.access(path, os.W_OK):
+                return f"this user ({getpass.getuser()}) cannot write {path}"
+        return None
 
     def _refuse_if_moved(self) -> None:
         moved = self._db.execute("SELECT value FROM settings WHERE name='moved_to'").fetchone()

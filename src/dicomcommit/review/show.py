@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from dicomcommit.archives import BaseArchive, open_archive
 from dicomcommit.manifests import open_manifest
 from dicomcommit.manifests.records import Record, Status
+from dicomcommit.review.loading import Loaded, decode, load
 
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 VALUE_WIDTH = 64
-
-log = logging.getLogger("dicomcommit")
 
 
 @dataclass(frozen=True)
@@ -105,55 +100,6 @@ def _info(archive: BaseArchive, rel: str) -> FileInfo:
     return FileInfo(path, found[1], found[0])
 
 
-@contextlib.contextmanager
-def warnings_logged(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Log each distinct warning raised inside the block once, naming *path*.
-
-    pydicom warns about the values it reads (``Invalid value for VR IS``) without saying
-    in which file, issues each warning twice (``warnings`` and its logger), and converts
-    values lazily: wrap everything that touches one file's dataset.
-    """
-    caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            # Its own copy of each: pydicom warns once per element, and may say the same twice.
-            warnings.simplefilter("always", UserWarning)
-            yield
-    finally:
-        for text in dict.fromkeys(str(w.message) for w in caught):
-            log.warning("%s: %s", path, text)
-
-
-@dataclass
-class Loaded:
-    """A DICOM file read whole with each element's value converted, or why it could not be."""
-
-    path: str  # for messages: a local path, or the archive's location and the name in it
-    dataset: Dataset | None = None
-    elements: dict[int, Any] = field(default_factory=dict)
-    error: str | None = None
-
-
-def load(path: Path, archive: BaseArchive | None = None) -> Loaded:
-    """Read *path* (a name in *archive*, if given) and convert every element (File Meta
-    included), logging pydicom's warnings once.
-
-    Never raises for a file that cannot be read: ``error`` says why.
-    """
-    shown = str(path) if archive is None else f"{archive.location}/{path.as_posix()}"
-    with warnings_logged(shown):
-        try:
-            if archive is None:
-                ds = pydicom.dcmread(path)
-            else:
-                with archive.open(path.as_posix()) as file:
-                    ds = pydicom.dcmread(file)
-            # Values are converted on first access: an unknown VR raises here, not in dcmread.
-            return Loaded(shown, ds, _elements(ds))
-        except Exception as exc:  # pydicom raises many types on unreadable input
-            return Loaded(shown, error=str(exc) or type(exc).__name__)
-
-
 def diff_files(existing: Path, staged: Path) -> FileDiff:
     """Compare two DICOM files element by element (File Meta included), and their pixels."""
     return diff_loaded(load(existing), load(staged))
@@ -185,27 +131,34 @@ def _compare_pixels(existing: Loaded, staged: Loaded) -> tuple[bool, str]:
         return True, "pixel data in one file only"
     if a == b:
         return False, "pixel data identical"
-    decoded = []
-    for loaded in (existing, staged):
-        assert loaded.dataset is not None
-        with warnings_logged(loaded.path):
-            try:
-                decoded.append(loaded.dataset.pixel_array)
-            except Exception as exc:  # no decoder for this transfer syntax, corrupt data...
-                reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-                return True, f"pixel data differs (encoded bytes; {loaded.path} cannot be decoded: {reason})"
-    first, second = decoded
+    first, second = decode(existing), decode(staged)
+    for loaded, pixels in ((existing, first), (staged, second)):
+        if isinstance(pixels, str):
+            return True, f"pixel data differs (encoded bytes; {loaded.path}: {pixels})"
+    assert isinstance(first, np.ndarray)
+    assert isinstance(second, np.ndarray)
     if first.shape != second.shape:
         return True, f"pixel data differs: {first.shape} and {second.shape} pixels"
-    unequal = first != second
+    unequal = pixel_mask(existing, first, second)
     if not unequal.any():
         return False, "pixel data identical after decoding"
-    colour = existing.dataset is not None and existing.dataset.get("SamplesPerPixel", 1) > 1
-    where = unequal.any(axis=-1) if colour else unequal  # a pixel differs when any of its samples does
-    rows = where.any(axis=tuple(i for i in range(where.ndim) if i != where.ndim - 2)).nonzero()[0]
-    cols = where.any(axis=tuple(range(where.ndim - 1))).nonzero()[0]
-    return True, (f"pixel data differs: {int(where.sum()):,} of {where.size:,} pixels, "
+    where = flat(unequal)
+    rows, cols = np.flatnonzero(where.any(axis=1)), np.flatnonzero(where.any(axis=0))
+    return True, (f"pixel data differs: {int(np.count_nonzero(unequal)):,} of {unequal.size:,} pixels, "
                   f"rows {rows[0]}-{rows[-1]}, columns {cols[0]}-{cols[-1]}")  # fmt: skip
+
+
+def pixel_mask(loaded: Loaded, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Where two decoded images of one shape differ, per pixel (frames kept): a pixel
+    differs when any of its samples does."""
+    unequal: np.ndarray = np.not_equal(first, second)
+    colour = loaded.dataset is not None and loaded.dataset.get("SamplesPerPixel", 1) > 1
+    return np.any(unequal, axis=-1) if colour else unequal
+
+
+def flat(mask: np.ndarray) -> np.ndarray:
+    """A (rows, columns) mask of where :func:`pixel_mask` is true in any frame."""
+    return np.any(mask, axis=0) if mask.ndim == 3 else mask
 
 
 def label(tag: int) -> str:
@@ -216,12 +169,6 @@ def label(tag: int) -> str:
     if tag & 0xFFFF == 0:
         return "(group length)"  # retired outside the File Meta, still written by older tools
     return "(private)" if (tag >> 16) % 2 else "(unknown)"
-
-
-def _elements(ds: Dataset) -> dict[int, Any]:
-    found = {int(elem.tag): elem.value for elem in ds.file_meta} if hasattr(ds, "file_meta") else {}
-    found.update({int(elem.tag): elem.value for elem in ds})
-    return found
 
 
 def _short(value: object) -> str:
