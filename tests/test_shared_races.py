@@ -26,6 +26,7 @@ from dicomcommit.cli.main import main
 from dicomcommit.committing import driver as driver_module
 from dicomcommit.committing import recover as recover_module
 from dicomcommit.committing import resolve as resolve_module
+from dicomcommit.committing.sources import StagingDir
 from dicomcommit.manifests import copying
 from dicomcommit.manifests import postgres as postgres_module
 from dicomcommit.manifests import records as records_module
@@ -304,7 +305,7 @@ def test_resolve_keep_both_concurrent_with_a_suffix_commit_of_the_same_bytes_lea
 
 
 def test_a_commit_that_had_the_manifest_open_during_a_copy_writes_nothing_more_to_the_old_one(
-    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset]
+    tmp_path: Path, pg_url: str, make_ds: Callable[..., Dataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``manifest copy`` runs between a commit's last batch and its end (no file is claimed
     then, so the copy is allowed). The commit then records the end of its run with
@@ -317,12 +318,15 @@ def test_a_commit_that_had_the_manifest_open_during_a_copy_writes_nothing_more_t
         stager.stage(make_ds(i))
     new = f"sqlite://{tmp_path}/new.sqlite"
 
-    def copy_after_the_last_batch(done: int, total: int) -> None:
-        if done == total:
-            copy_manifest(pg_url, new)
+    finish = StagingDir.finish
 
+    def copy_after_the_last_batch(self: StagingDir) -> None:  # (progress is called per file, inside a batch)
+        copy_manifest(pg_url, new)
+        finish(self)
+
+    monkeypatch.setattr(StagingDir, "finish", copy_after_the_last_batch)
     with pytest.raises(ManifestError, match="moved to"):
-        commit(staging, archive, manifest=pg_url, progress=copy_after_the_last_batch)
+        commit(staging, archive, manifest=pg_url)
     with open_manifest(archive, manifest=new) as opened:
         assert len(opened.records()) == 2
     with psycopg.connect(pg_url, autocommit=True) as conn:
