@@ -22,6 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
 
 from dicomcommit import Stager, commit
 from dicomcommit.manifests import open_manifest
@@ -216,6 +217,7 @@ def test_the_page_in_chromium_shows_colour_and_resolves_what_is_clicked(
 
     staged_sha = rows[palette].sha256
     cards[palette].find_element(By.XPATH, ".//button[normalize-space()='Keep staged']").click()
+    WebDriverWait(driver, 60).until(lambda d: f"#{palette}: kept staged" in d.find_element(By.TAG_NAME, "body").text)
     assert f"#{palette}: kept staged" in driver.find_element(By.CLASS_NAME, "said").text
     target = archive / (rows[palette].target or "")
     assert sha256_of(target) == staged_sha  # the staged bytes hold the name now
@@ -223,6 +225,8 @@ def test_the_page_in_chromium_shows_colour_and_resolves_what_is_clicked(
     for row_id in ids[1:]:
         driver.find_element(By.ID, f"select-{row_id}").click()
     driver.find_element(By.XPATH, "//button[normalize-space()='Keep both for the selected']").click()
+    # click() returns before the answer to the POST has loaded: wait for the page that says what was done
+    WebDriverWait(driver, 60).until(lambda d: f"#{ids[-1]}: kept both" in d.find_element(By.TAG_NAME, "body").text)
     assert _open_conflicts(archive) == []
     with open_manifest(archive) as manifest:
         for row_id in ids[1:]:
